@@ -1,0 +1,1 @@
+"""Backends of kinabs, one sub-package each; installed as ``kinabs.backends``."""

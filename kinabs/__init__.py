@@ -1,0 +1,54 @@
+"""kinabs: fit kinetic models of metabolism and signalling to time-course data.
+
+A model comes from SBML (:func:`load_sbml`) or from Python (:class:`ModelBuilder`), becomes
+one backend-neutral symbolic :class:`Model`, and is simulated (:func:`simulate`) or fitted
+(:class:`Trainer`) on JAX/diffrax (default) or PyTorch/torchdiffeq. ``import kinabs``
+imports neither jax nor torch; a backend is loaded when first used.
+
+Example:
+    >>> import kinabs, numpy as np
+    >>> model = kinabs.load_sbml(kinabs.example_model_path())
+    >>> df = kinabs.simulate(model, np.linspace(0, 10, 11)).to_frame()
+    >>> df.shape
+    (11, 7)
+"""
+
+from kinabs import ratelaws
+from kinabs._backend import Backend, get_backend
+from kinabs._builder import ModelBuilder
+from kinabs._errors import (
+    BackendError,
+    DataError,
+    KinabsError,
+    ModelError,
+    SBMLError,
+    SimulationError,
+    UnsupportedFeatureError,
+)
+from kinabs._model import (
+    AVOGADRO,
+    TIME,
+    Compartment,
+    Model,
+    Parameter,
+    Reaction,
+    Species,
+    SpeciesReference,
+)
+from kinabs._options import AdjointOptions, SolverOptions
+from kinabs._paths import example_data_path, example_model_path
+from kinabs._simulate import SimulationResult, amount, concentration, simulate
+from kinabs._system import OdeSystem, lower
+from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AVOGADRO", "TIME", "AdjointOptions", "Backend", "BackendError", "Compartment",
+    "DataError", "KinabsError", "Model", "ModelBuilder", "ModelError", "OdeSystem",
+    "Parameter", "Reaction", "SBMLError", "SimulationError", "SimulationResult",
+    "SolverOptions", "Species", "SpeciesReference", "UnsupportedFeatureError", "amount",
+    "concentration", "example_data_path", "example_model_path", "get_backend",
+    "load_sbml", "lower", "ratelaws", "read_sbml_string", "sbml_string", "simulate",
+    "write_sbml",
+]

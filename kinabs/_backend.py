@@ -1,0 +1,109 @@
+"""The backend protocol and backend selection.
+
+A backend lowers an :class:`~kinabs._system.OdeSystem` to its native arrays and solves it.
+Backends live in ``kinabs.backends.<name>`` (the top-level ``backends/`` folder) and are
+imported lazily, so ``import kinabs`` imports neither jax nor torch.
+
+Selection: the explicit ``backend=`` argument, else the ``KINABS_BACKEND`` environment
+variable, else ``"jax"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kinabs._errors import BackendError
+
+__all__ = ["Backend", "RawSolution", "get_backend", "BACKENDS", "STATUS"]
+
+#: Status codes of a solve, shared by every backend.
+STATUS = {0: "success", 1: "max_steps_reached", 2: "nonfinite", 3: "solver_failed"}
+
+#: name -> (module, install command)
+BACKENDS = {
+    "jax": ("kinabs.backends.jax", "pip install 'kinabs[jax]'  (jax, diffrax, optax, equinox)"),
+    "torch": ("kinabs.backends.torch", "pip install 'kinabs[torch]'  (torch, torchdiffeq)"),
+}
+
+_INSTANCES: dict[str, Backend] = {}
+
+
+@dataclass(frozen=True)
+class RawSolution:
+    """What a backend's solve returns, as numpy arrays.
+
+    ``ys``: (batch, times, outputs); ``status``: (batch,) codes of :data:`STATUS`;
+    ``steps``: (batch,) accepted steps (``-1`` where unknown)."""
+
+    ys: np.ndarray
+    status: np.ndarray
+    steps: np.ndarray
+
+
+class Backend(ABC):
+    """One array library's way of simulating (and, later, training) a system."""
+
+    name: str = ""
+
+    @abstractmethod
+    def ops(self) -> Any:
+        """The backend's operator table (a :class:`kinabs._ops.ArrayApiOps`)."""
+
+    @abstractmethod
+    def simulate(
+        self,
+        system: Any,
+        times: np.ndarray,
+        parameters: np.ndarray,
+        *,
+        t0: float,
+        y0: np.ndarray | None,
+        y0_mask: np.ndarray | None,
+        output_index: np.ndarray,
+        solver: Any,
+    ) -> RawSolution:
+        """Solve ``system`` for a batch of parameter vectors.
+
+        Args:
+            times: (T,) increasing save times, all ``>= t0``.
+            parameters: (B, P) free-parameter vectors.
+            y0: (B, S) initial values in the species' natural units, or ``None``.
+            y0_mask: (S,) which states ``y0`` overrides.
+            output_index: (O,) indices into ``system.outputs`` to save.
+            solver: a :class:`kinabs.SolverOptions`.
+        """
+
+
+def resolve_backend_name(name: str | None) -> str:
+    if name is None:
+        name = os.environ.get("KINABS_BACKEND") or "jax"
+        origin = "the KINABS_BACKEND environment variable"
+    else:
+        origin = "backend="
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise BackendError(
+            f"unknown backend {name!r} (from {origin}); choose one of {sorted(BACKENDS)}."
+        )
+    return name
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend called ``name`` (see the module docstring for the default)."""
+    name = resolve_backend_name(name)
+    if name not in _INSTANCES:
+        module, install = BACKENDS[name]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise BackendError(
+                f"the {name} backend needs packages that are not installed ({exc}). "
+                f"Install them with: {install}"
+            ) from exc
+        _INSTANCES[name] = mod.Backend()
+    return _INSTANCES[name]

@@ -1,0 +1,5 @@
+"""Python model builder (stub: being written)."""
+
+
+class ModelBuilder:
+    pass

@@ -1,0 +1,226 @@
+"""The backend-neutral symbolic model.
+
+A :class:`Model` is what the SBML reader and the Python builder both produce. It keeps
+SBML's meaning (compartments, species in amounts or concentrations, parameters, reactions,
+rules) with every piece of math as a sympy expression whose free symbols are model ids,
+:data:`TIME`, or local parameter ids of the form ``"<reaction id>.<local id>"``.
+
+Conventions (the lowering in ``kinabs._system`` relies on them):
+
+* A species symbol stands for its *concentration* unless ``has_only_substance_units`` is
+  true, in which case it stands for its *amount* (SBML semantics).
+* A reaction's ``rate`` is in substance per time (SBML's kinetic law), and a reaction id
+  used as a symbol in math stands for that rate.
+* A local parameter is stored in ``Model.parameters`` under ``"<reaction>.<local>"`` with
+  ``reaction`` set; the reaction's rate refers to it by that qualified symbol, so it shadows
+  any global of the same local id.
+* Function definitions are already inlined; nothing refers to them.
+
+Example:
+    >>> import kinabs
+    >>> m = kinabs.load_sbml(kinabs.example_model_path())
+    >>> sorted(m.species)[:3]
+    ['p3g', 'php', 'pser']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import sympy
+
+__all__ = [
+    "TIME",
+    "AVOGADRO",
+    "Compartment",
+    "Species",
+    "Parameter",
+    "SpeciesReference",
+    "Reaction",
+    "Model",
+    "sym",
+    "RateOf",
+]
+
+#: The symbol for simulation time (SBML csymbol ``time``). Its name is not a valid SBML id,
+#: so it can never clash with a model element called ``time``.
+TIME = sympy.Symbol("@time", real=True)
+
+#: Avogadro's number as SBML Level 3 defines it (csymbol ``avogadro``).
+AVOGADRO = 6.02214179e23
+
+
+class RateOf(sympy.Function):
+    """SBML L3V2 csymbol ``rateOf``: the rate of change of its argument (a symbol)."""
+
+    nargs = 1
+
+
+def sym(element_id: str) -> sympy.Symbol:
+    """The sympy symbol that stands for model element ``element_id`` in math."""
+    return sympy.Symbol(element_id)
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """A compartment. ``size`` is its initial size (``None`` when only a rule gives it)."""
+
+    id: str
+    size: float | None = 1.0
+    constant: bool = True
+    spatial_dimensions: float = 3.0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Species:
+    """A species. Exactly one of ``initial_amount``/``initial_concentration`` is normally set
+    (both ``None`` when an initial assignment or an assignment rule gives the value)."""
+
+    id: str
+    compartment: str
+    initial_amount: float | None = None
+    initial_concentration: float | None = None
+    has_only_substance_units: bool = False
+    boundary_condition: bool = False
+    constant: bool = False
+    conversion_factor: str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A global parameter, or a local one (then ``reaction`` is the owning reaction's id
+    and ``id`` is ``"<reaction>.<local id>"``)."""
+
+    id: str
+    value: float | None
+    constant: bool = True
+    reaction: str | None = None
+    name: str = ""
+
+    @property
+    def local_id(self) -> str:
+        """The id as written inside its kinetic law (the id itself for a global)."""
+        return self.id.split(".", 1)[1] if self.reaction else self.id
+
+
+@dataclass(frozen=True)
+class SpeciesReference:
+    """A reactant or product of a reaction. ``id`` is the L3 species-reference id, if any;
+    when a rule or initial assignment targets that id, it overrides ``stoichiometry``."""
+
+    species: str
+    stoichiometry: float = 1.0
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A reaction with its rate law in substance per time."""
+
+    id: str
+    rate: sympy.Expr
+    reactants: tuple[SpeciesReference, ...] = ()
+    products: tuple[SpeciesReference, ...] = ()
+    modifiers: tuple[str, ...] = ()
+    reversible: bool = False
+    name: str = ""
+
+
+@dataclass
+class Model:
+    """A kinetic model: the one type that the SBML reader and the builder produce.
+
+    All mappings keep the order of the source (SBML document order or build order).
+    """
+
+    id: str = "model"
+    name: str = ""
+    compartments: dict[str, Compartment] = field(default_factory=dict)
+    species: dict[str, Species] = field(default_factory=dict)
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+    reactions: dict[str, Reaction] = field(default_factory=dict)
+    #: variable id -> expression, valid at all times (SBML assignment rules).
+    assignment_rules: dict[str, sympy.Expr] = field(default_factory=dict)
+    #: variable id -> d(variable)/dt (SBML rate rules).
+    rate_rules: dict[str, sympy.Expr] = field(default_factory=dict)
+    #: variable id -> value at the start time (SBML initial assignments).
+    initial_assignments: dict[str, sympy.Expr] = field(default_factory=dict)
+    #: model-level conversion factor (a parameter id), SBML L3.
+    conversion_factor: str | None = None
+    #: where the model came from (a file path), for messages.
+    source: str | None = None
+
+    # -- queries ---------------------------------------------------------------
+    def ids(self) -> set[str]:
+        """Every id a math expression may refer to."""
+        out = set(self.compartments) | set(self.species) | set(self.parameters)
+        out |= set(self.reactions)
+        for r in self.reactions.values():
+            out |= {ref.id for ref in (*r.reactants, *r.products) if ref.id}
+        return out
+
+    def species_references(self) -> dict[str, tuple[str, SpeciesReference]]:
+        """Species-reference id -> (reaction id, reference), for references that have an id."""
+        out: dict[str, tuple[str, SpeciesReference]] = {}
+        for r in self.reactions.values():
+            for ref in (*r.reactants, *r.products):
+                if ref.id:
+                    out[ref.id] = (r.id, ref)
+        return out
+
+    @property
+    def kinetic_parameters(self) -> tuple[str, ...]:
+        """Ids of the constant parameters (global and local) that no rule or initial
+        assignment determines: the quantities a fit estimates by default."""
+        ruled = set(self.assignment_rules) | set(self.rate_rules) | set(self.initial_assignments)
+        return tuple(
+            p.id for p in self.parameters.values() if p.constant and p.id not in ruled
+        )
+
+    def parameter_values(self) -> dict[str, float]:
+        """Default values of :attr:`kinetic_parameters`."""
+        return {k: float(self.parameters[k].value) for k in self.kinetic_parameters
+                if self.parameters[k].value is not None}
+
+    def with_parameters(self, values: Mapping[str, float]) -> Model:
+        """A copy with new values for some parameters (unknown ids raise ``ModelError``)."""
+        from kinabs._errors import ModelError
+
+        unknown = [k for k in values if k not in self.parameters]
+        if unknown:
+            raise ModelError(
+                f"unknown parameter id(s) {unknown}; the model's parameters are "
+                f"{list(self.parameters)[:20]}"
+            )
+        params = dict(self.parameters)
+        for k, v in values.items():
+            params[k] = dataclasses.replace(params[k], value=float(v))
+        return dataclasses.replace(self, parameters=params)
+
+    def fingerprint(self) -> str:
+        """A stable hash of the model's content (for caches and run folders)."""
+        h = hashlib.sha256()
+        for part in (self.compartments, self.species, self.parameters):
+            for k, v in part.items():
+                h.update(f"{k}={v!r};".encode())
+        for r in self.reactions.values():
+            h.update(f"{r.id}:{r.reactants!r}{r.products!r}:{sympy.srepr(r.rate)};".encode())
+        for name, rules in (("a", self.assignment_rules), ("r", self.rate_rules),
+                            ("i", self.initial_assignments)):
+            for k, v in rules.items():
+                h.update(f"{name}{k}={sympy.srepr(v)};".encode())
+        h.update(f"cf={self.conversion_factor}".encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(id={self.id!r}, compartments={len(self.compartments)}, "
+            f"species={len(self.species)}, parameters={len(self.parameters)}, "
+            f"reactions={len(self.reactions)}, rules={len(self.assignment_rules)}+"
+            f"{len(self.rate_rules)}, initial_assignments={len(self.initial_assignments)})"
+        )

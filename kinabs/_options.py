@@ -1,0 +1,87 @@
+"""Typed, backend-neutral options for solving and differentiating.
+
+They state intent; each backend maps intent to its best tool and raises
+:class:`~kinabs._errors.BackendError` where it cannot honour an option.
+
+Example:
+    >>> import kinabs
+    >>> kinabs.SolverOptions(method="stiff", rtol=1e-6, atol=1e-9)
+    SolverOptions(method='stiff', rtol=1e-06, atol=1e-09, max_steps=100000, dt0=None)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["SolverOptions", "AdjointOptions"]
+
+_METHODS = ("auto", "stiff", "nonstiff")
+_ADJOINTS = ("checkpoint", "backsolve", "forward")
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """How to integrate.
+
+    Args:
+        method: ``"auto"`` (default: an explicit Runge-Kutta solver, switching to an implicit
+            one for solves that the explicit one cannot finish, e.g. stiff ones),
+            ``"stiff"`` (always implicit: Kvaerno5 on JAX), ``"nonstiff"`` (always explicit:
+            Tsit5 on JAX), or a backend-native solver object (e.g. ``diffrax.Dopri8()``).
+        rtol, atol: relative and absolute tolerances of the adaptive step-size controller.
+        max_steps: the most steps one solve may take; more is reported as a failure.
+        dt0: the first step size (``None``: chosen automatically).
+    """
+
+    method: Literal["auto", "stiff", "nonstiff"] | Any = "auto"
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    max_steps: int = 100_000
+    dt0: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str) and self.method not in _METHODS:
+            raise ValueError(
+                f"SolverOptions.method must be one of {_METHODS} or a solver object; got "
+                f"{self.method!r}."
+            )
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"SolverOptions.{name} must be a positive number; got {v!r}.")
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(
+                f"SolverOptions.max_steps must be a positive integer; got {self.max_steps!r}."
+            )
+        if self.dt0 is not None and not self.dt0 > 0:
+            raise ValueError(f"SolverOptions.dt0 must be positive or None; got {self.dt0!r}.")
+
+
+@dataclass(frozen=True)
+class AdjointOptions:
+    """How gradients through a solve are computed.
+
+    Args:
+        method: ``"checkpoint"`` (default: backpropagation through the solver with recursive
+            checkpointing; exact gradients of the computed solution), ``"backsolve"``
+            (continuous adjoint: solve backwards in time; low memory, approximate), or
+            ``"forward"`` (forward-mode sensitivities; fast for few parameters).
+        checkpoints: number of checkpoints for ``"checkpoint"`` (``None``: automatic).
+    """
+
+    method: Literal["checkpoint", "backsolve", "forward"] = "checkpoint"
+    checkpoints: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in _ADJOINTS:
+            raise ValueError(
+                f"AdjointOptions.method must be one of {_ADJOINTS}; got {self.method!r}."
+            )
+        if self.checkpoints is not None and not (
+            isinstance(self.checkpoints, int) and self.checkpoints >= 1
+        ):
+            raise ValueError(
+                f"AdjointOptions.checkpoints must be a positive integer or None; got "
+                f"{self.checkpoints!r}."
+            )

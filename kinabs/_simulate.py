@@ -1,0 +1,274 @@
+"""``kinabs.simulate``: solve a model at given times on any backend.
+
+Example:
+    >>> import kinabs, numpy as np
+    >>> model = kinabs.load_sbml(kinabs.example_model_path())
+    >>> result = kinabs.simulate(model, np.linspace(0, 10, 5))
+    >>> df = result.to_frame()
+    >>> list(df.columns)[:2], round(float(df["php"].iloc[0]), 3)
+    (['p3g', 'php'], 0.6)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kinabs._backend import STATUS, get_backend
+from kinabs._errors import DataError, SimulationError
+from kinabs._model import Model
+from kinabs._options import SolverOptions
+from kinabs._system import OdeSystem, lower
+
+__all__ = ["simulate", "SimulationResult", "amount", "concentration", "as_system"]
+
+_SPECIES_UNITS = ("concentration", "amount")
+
+
+def amount(species_id: str) -> tuple[str, str]:
+    """Ask for a species' amount in ``simulate(outputs=...)``."""
+    return ("amount", species_id)
+
+
+def concentration(species_id: str) -> tuple[str, str]:
+    """Ask for a species' concentration in ``simulate(outputs=...)``."""
+    return ("concentration", species_id)
+
+
+def as_system(model: Model | OdeSystem) -> OdeSystem:
+    """The ODE system of ``model``, lowered once and cached on the model object."""
+    if isinstance(model, OdeSystem):
+        return model
+    if not isinstance(model, Model):
+        raise TypeError(
+            f"expected a kinabs Model (from kinabs.load_sbml or ModelBuilder.build()) or an "
+            f"OdeSystem; got {type(model).__name__}."
+        )
+    key = model.fingerprint()
+    cached = getattr(model, "_kinabs_system", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    system = lower(model)
+    object.__setattr__(model, "_kinabs_system", (key, system))
+    return system
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Trajectories of one or a batch of simulations.
+
+    Attributes:
+        times: (T,) save times.
+        values: (B, T, O) values; NaN where a solve failed.
+        columns: the O output names (ids; ``amount(S)``-style pairs are named ``S``, or
+            ``"S [amount]"`` when both units of one species were asked for).
+        status: (B,) status names (``"success"``, ``"max_steps_reached"``, ...).
+        steps: (B,) accepted solver steps.
+    """
+
+    times: np.ndarray
+    values: np.ndarray
+    columns: tuple[str, ...]
+    status: tuple[str, ...]
+    steps: np.ndarray
+
+    @property
+    def ok(self) -> bool:
+        """True when every solve of the batch succeeded."""
+        return all(s == "success" for s in self.status)
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def to_frame(self, index: int = 0):
+        """Member ``index`` of the batch as a pandas DataFrame indexed by time."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.values[index], index=pd.Index(self.times, name="time"),
+                          columns=list(self.columns))
+        df.attrs["status"] = self.status[index]
+        return df
+
+    def to_frames(self) -> list:
+        """Every member of the batch as a DataFrame."""
+        return [self.to_frame(i) for i in range(len(self))]
+
+
+def _batch_of_mappings(value: Any, what: str) -> list[dict[str, float]]:
+    import pandas as pd
+
+    if value is None:
+        return [{}]
+    if isinstance(value, pd.DataFrame):
+        return [{str(k): float(v) for k, v in row.items()} for _, row in value.iterrows()]
+    if isinstance(value, pd.Series):
+        return [{str(k): float(v) for k, v in value.items()}]
+    if isinstance(value, Mapping):
+        return [{str(k): float(v) for k, v in value.items()}]
+    if isinstance(value, Sequence) and all(isinstance(v, Mapping) for v in value):
+        if not value:
+            raise DataError(f"{what} is an empty list; give at least one mapping of values.")
+        return [{str(k): float(v) for k, v in m.items()} for m in value]
+    raise DataError(
+        f"{what} must be a mapping id -> value, a list of mappings, a pandas Series or a "
+        f"DataFrame (one row per simulation); got {type(value).__name__}."
+    )
+
+
+def _parameter_matrix(system: OdeSystem, parameters: Any, initial_params: list[dict]
+                      ) -> np.ndarray:
+    if isinstance(parameters, np.ndarray):
+        arr = np.atleast_2d(np.asarray(parameters, dtype=np.float64))
+        if arr.ndim != 2 or arr.shape[1] != len(system.parameters):
+            raise DataError(
+                f"a parameter array must have shape (P,) or (B, P) with P = "
+                f"{len(system.parameters)} (system.parameters order); got {parameters.shape}."
+            )
+        rows = [arr[i] for i in range(arr.shape[0])]
+        rows = [r.copy() for r in rows]
+    else:
+        rows = [system.parameter_vector(m) for m in _batch_of_mappings(parameters, "parameters")]
+    b = _broadcast_len(len(rows), len(initial_params), "parameters", "initial")
+    rows = rows * b if len(rows) == 1 else rows
+    for i, extra in enumerate(initial_params * b if len(initial_params) == 1 else initial_params):
+        for name, v in extra.items():
+            rows[i][system.parameter_index[name]] = v
+    out = np.stack(rows)
+    if not np.all(np.isfinite(out)):
+        bad = sorted({system.parameters[j] for j in np.argwhere(~np.isfinite(out))[:, 1]})
+        raise DataError(f"parameter values must be finite; got NaN or inf for {bad}.")
+    return out
+
+
+def _broadcast_len(a: int, b: int, name_a: str, name_b: str) -> int:
+    if a != b and 1 not in (a, b):
+        raise DataError(f"{name_a} has {a} rows and {name_b} has {b}; give the same number "
+                        "of rows, or one row to use for all.")
+    return max(a, b)
+
+
+def simulate(
+    model: Model | OdeSystem,
+    times: Sequence[float] | np.ndarray,
+    *,
+    parameters: Any = None,
+    initial: Any = None,
+    outputs: Sequence[str | tuple[str, str]] | None = None,
+    species_units: str = "concentration",
+    t0: float = 0.0,
+    solver: SolverOptions | None = None,
+    backend: str | None = None,
+    on_failure: str = "raise",
+) -> SimulationResult:
+    """Simulate ``model`` and save its outputs at ``times``.
+
+    Args:
+        model: a :class:`kinabs.Model` (or its lowered :class:`kinabs.OdeSystem`).
+        times: increasing save times, all ``>= t0``.
+        parameters: new values of free parameters: a mapping, a list of mappings or a
+            DataFrame (one row per simulation, batched in one compiled solve), or an array
+            of shape (P,) or (B, P) in ``system.parameters`` order.
+        initial: initial values of species (in their own units: concentration unless the
+            species has only substance units), as a mapping, list of mappings or DataFrame.
+        outputs: ids to save (species, compartments, parameters, reactions); a species may
+            be wrapped as ``kinabs.amount(id)`` / ``kinabs.concentration(id)``. Default:
+            every species.
+        species_units: ``"concentration"`` (default) or ``"amount"`` for plain species ids.
+        t0: the start time (initial values hold there).
+        solver: a :class:`kinabs.SolverOptions`.
+        backend: ``"jax"`` or ``"torch"`` (default: ``KINABS_BACKEND``, else ``"jax"``).
+        on_failure: ``"raise"`` (default) raises :class:`kinabs.SimulationError` when a solve
+            fails; ``"nan"`` returns NaN values with the failure in ``result.status``.
+    """
+    if species_units not in _SPECIES_UNITS:
+        raise ValueError(f"species_units must be one of {_SPECIES_UNITS}; got {species_units!r}")
+    if on_failure not in ("raise", "nan"):
+        raise ValueError(f"on_failure must be 'raise' or 'nan'; got {on_failure!r}")
+    solver = solver or SolverOptions()
+    if not isinstance(solver, SolverOptions):
+        raise TypeError(f"solver must be a kinabs.SolverOptions; got {type(solver).__name__}")
+    system = as_system(model)
+    ts = _check_times(times, t0)
+
+    # initial values: states are overridden, constant species become parameters
+    init_rows = _batch_of_mappings(initial, "initial")
+    y0_rows, as_params = [], []
+    mask = np.zeros(len(system.states), dtype=bool)
+    for row in init_rows:
+        y = np.full(len(system.states), np.nan)
+        params = {}
+        for sid, v in row.items():
+            if sid in system.state_index and sid in system.model.species:
+                y[system.state_index[sid]] = v
+                mask[system.state_index[sid]] = True
+            elif sid in system.model.species and sid in system.parameter_index:
+                params[sid] = v
+            else:
+                raise DataError(
+                    f"initial value given for '{sid}', which is not a species of the model "
+                    f"with a settable initial value. Species: {list(system.model.species)[:20]}"
+                )
+        y0_rows.append(y)
+        as_params.append(params)
+    p = _parameter_matrix(system, parameters, as_params)
+    b = p.shape[0]
+    y0 = None
+    if mask.any():
+        y0 = np.stack(y0_rows * b if len(y0_rows) == 1 else y0_rows)
+        if y0.shape[0] != b:
+            raise DataError(f"initial has {y0.shape[0]} rows but parameters give {b}.")
+        if not np.all(np.isfinite(y0[:, mask])):
+            raise DataError("initial values must be finite numbers (got NaN or inf).")
+        y0 = np.where(mask, y0, 0.0)
+
+    keys = [system.output_key(o, species_units) for o in
+            (outputs if outputs is not None else list(system.model.species))]
+    names = _column_names(keys)
+    index = np.asarray([system.output_index[k] for k in keys], dtype=np.int64)
+
+    raw = get_backend(backend).simulate(
+        system, ts, p, t0=float(t0), y0=y0, y0_mask=mask if y0 is not None else None,
+        output_index=index, solver=solver,
+    )
+    status = tuple(STATUS.get(int(s), "solver_failed") for s in raw.status)
+    values = np.array(raw.ys, dtype=np.float64)
+    failed = [i for i, s in enumerate(status) if s != "success"]
+    for i in failed:
+        values[i] = np.nan
+    if failed and on_failure == "raise":
+        first = failed[0]
+        raise SimulationError(
+            f"{len(failed)} of {b} solves failed (first: batch member {first}, "
+            f"{status[first]}). Try SolverOptions(method='stiff'), a larger max_steps "
+            f"(now {solver.max_steps}), or check the parameter values; pass "
+            f"on_failure='nan' to get NaN rows with a status instead of this error."
+        )
+    return SimulationResult(times=ts, values=values, columns=names, status=status,
+                            steps=np.asarray(raw.steps))
+
+
+def _check_times(times: Any, t0: float) -> np.ndarray:
+    ts = np.asarray(times, dtype=np.float64)
+    if ts.ndim != 1 or ts.size == 0:
+        raise DataError(f"times must be a non-empty 1-D sequence; got shape {ts.shape}.")
+    if not np.all(np.isfinite(ts)):
+        raise DataError("times must be finite numbers (got NaN or inf).")
+    if np.any(np.diff(ts) < 0):
+        i = int(np.argmax(np.diff(ts) < 0))
+        raise DataError(f"times must be sorted increasing; times[{i}]={ts[i]} > "
+                        f"times[{i + 1}]={ts[i + 1]}. Sort them first.")
+    if ts[0] < t0:
+        raise DataError(f"times must not start before t0={t0}; the first is {ts[0]}. "
+                        "Pass t0= to start earlier.")
+    return ts
+
+
+def _column_names(keys: list[tuple[str, str]]) -> tuple[str, ...]:
+    ids = [k[1] for k in keys]
+    out = []
+    for kind, i in keys:
+        out.append(i if ids.count(i) == 1 else f"{i} [{kind}]")
+    return tuple(out)

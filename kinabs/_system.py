@@ -1,0 +1,505 @@
+"""Lowering: a symbolic :class:`~kinabs._model.Model` becomes an :class:`OdeSystem`.
+
+The ODE system has a state vector ``y``, a vector of free parameters ``p`` (every constant
+the model gives a number for), and a vector of constants ``k = [p, derived]`` where
+``derived`` are constants fixed by initial assignments. Three pieces of math, all written
+over the primitive symbols ``t``, ``y[i]``, ``k[j]`` (or ``t``, ``p[j]`` for ``init``):
+
+* ``init(t0, p) -> (y0, derived)``: SBML initial values, initial assignments and assignment
+  rules at ``t0``, in dependency order;
+* ``rhs(t, y, k) = (v @ N) * scale + extra``: reaction rates ``v``, a numeric stoichiometry
+  matrix ``N`` (reactions x states), a per-state ``scale`` (conversion factor over
+  compartment size for concentration states) and ``extra`` (rate rules and symbolic
+  stoichiometry terms);
+* ``outputs(t, y, k)``: every quantity a user may ask for over time.
+
+Why states are what they are: a species driven by reactions is integrated as a
+concentration when its compartment is constant (so tolerances act on the numbers users
+see) and as an amount when the compartment size changes (so that dilution is right: the
+concentration then follows as amount over current size). A rate rule's target is
+integrated in its own units, as SBML defines.
+
+Example:
+    >>> import kinabs
+    >>> system = kinabs.lower(kinabs.load_sbml(kinabs.example_model_path()))
+    >>> system.states
+    ('php', 'pser')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import sympy
+
+from kinabs._errors import ModelError, UnsupportedFeatureError
+from kinabs._model import TIME, Model, RateOf, sym
+
+__all__ = ["OdeSystem", "OutputKey", "lower", "y_symbol", "k_symbol", "p_symbol"]
+
+#: An output: (kind, id) with kind one of "concentration", "amount", "value", "rate".
+OutputKey = tuple[str, str]
+
+
+def y_symbol(i: int) -> sympy.Symbol:
+    return sympy.Symbol(f"@y{i}", real=True)
+
+
+def k_symbol(j: int) -> sympy.Symbol:
+    return sympy.Symbol(f"@k{j}", real=True)
+
+
+def p_symbol(j: int) -> sympy.Symbol:
+    return sympy.Symbol(f"@p{j}", real=True)
+
+
+@dataclass(frozen=True, eq=False)
+class OdeSystem:
+    """An ODE system lowered from a model; see the module docstring for its meaning."""
+
+    model: Model
+    states: tuple[str, ...]
+    state_kinds: tuple[str, ...]
+    parameters: tuple[str, ...]
+    parameter_kinds: tuple[str, ...]
+    parameter_defaults: np.ndarray
+    derived: tuple[str, ...]
+    outputs: tuple[OutputKey, ...]
+    # math over primitives
+    init_y0: tuple[sympy.Expr, ...]
+    init_derived: tuple[sympy.Expr, ...]
+    rates: tuple[sympy.Expr, ...]
+    stoichiometry: np.ndarray  # (reactions, states)
+    scale: tuple[sympy.Expr, ...] | None  # None means all ones
+    extra: tuple[sympy.Expr, ...]
+    output_exprs: tuple[sympy.Expr, ...]
+    #: per state: state value / species' natural value (1, or the compartment size for
+    #: an amount state of a concentration species); converts user initial values.
+    natural_to_state: tuple[sympy.Expr, ...] = ()
+    reaction_ids: tuple[str, ...] = ()
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def constants(self) -> tuple[str, ...]:
+        """Ids of the entries of ``k``: the free parameters then the derived constants."""
+        return self.parameters + self.derived
+
+    @cached_property
+    def parameter_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.parameters)}
+
+    @cached_property
+    def state_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.states)}
+
+    @cached_property
+    def output_index(self) -> dict[OutputKey, int]:
+        return {key: i for i, key in enumerate(self.outputs)}
+
+    @property
+    def kinetic_parameters(self) -> tuple[str, ...]:
+        """Free parameters that are model parameters (global or local), not compartment
+        sizes or initial values: what a fit estimates by default."""
+        return tuple(n for n, k in zip(self.parameters, self.parameter_kinds) if k == "parameter")
+
+    def parameter_vector(self, values: dict[str, float] | None = None) -> np.ndarray:
+        """The default free-parameter vector with some entries replaced by ``values``."""
+        p = self.parameter_defaults.copy()
+        for name, v in (values or {}).items():
+            if name not in self.parameter_index:
+                raise ModelError(
+                    f"unknown parameter '{name}'. Free parameters of this model are: "
+                    f"{_preview(self.parameters)}"
+                )
+            p[self.parameter_index[name]] = float(v)
+        return p
+
+    def output_key(self, item: str | tuple[str, str], species_units: str) -> OutputKey:
+        """Resolve a user's output request (an id, or a (kind, id) pair) to an output key."""
+        if isinstance(item, tuple):
+            key = (str(item[0]), str(item[1]))
+        elif item in self.model.species:
+            key = (species_units, item)
+        elif item in self.model.reactions:
+            key = ("rate", item)
+        else:
+            key = ("value", item)
+        if key not in self.output_index:
+            raise ModelError(
+                f"unknown output {item!r}. Outputs are species, compartment, parameter and "
+                f"reaction ids of the model, e.g. {_preview([k[1] for k in self.outputs])}"
+            )
+        return key
+
+    @property
+    def generated(self):
+        """The generated source and functions (see ``kinabs._codegen``), made once."""
+        if "generated" not in self._cache:
+            from kinabs._codegen import generate
+
+            self._cache["generated"] = generate(self)
+        return self._cache["generated"]
+
+
+def _preview(names, n: int = 12) -> str:
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def _free_ids(expr: sympy.Expr) -> set[str]:
+    # Names starting with "@" are primitives (time, y, k, p), never model ids.
+    return {s.name for s in expr.free_symbols if not s.name.startswith("@")}
+
+
+def _resolve(defs: dict[str, sympy.Expr], base: dict[str, sympy.Expr], context: str
+             ) -> dict[str, sympy.Expr]:
+    """Resolve ``defs`` (id -> expression over ids) into expressions over ``base``'s
+    primitives, in dependency order. Cycles and unknown ids raise ``ModelError``."""
+    out: dict[str, sympy.Expr] = dict(base)
+    visiting: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str) -> sympy.Expr:
+        if name in out:
+            return out[name]
+        if name not in defs:
+            raise ModelError(f"{context}: the math refers to '{name}', which the model does "
+                             "not define. Define it (parameter, species, compartment) or fix "
+                             "the id.")
+        if state.get(name) == 1:
+            cycle = visiting[visiting.index(name):] + [name]
+            raise ModelError(f"{context}: circular definition {' -> '.join(cycle)}; "
+                             "assignment rules and initial assignments must not depend on "
+                             "themselves.")
+        state[name] = 1
+        visiting.append(name)
+        expr = defs[name]
+        mapping = {sym(d): visit(d) for d in sorted(_free_ids(expr))}
+        resolved = expr.xreplace(mapping) if mapping else expr
+        visiting.pop()
+        state[name] = 2
+        out[name] = resolved
+        return resolved
+
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * len(defs) + 1000))
+    try:
+        for name in defs:
+            visit(name)
+    finally:
+        sys.setrecursionlimit(limit)
+    return out
+
+
+class _Lowering:
+    """Builds an OdeSystem; one instance per call of :func:`lower`."""
+
+    def __init__(self, model: Model):
+        self.m = model
+        self._check_rate_of()
+        self.var_compartments = {
+            c.id for c in model.compartments.values()
+            if c.id in model.rate_rules or c.id in model.assignment_rules
+        }
+        self.refs = model.species_references()
+
+    def _check_rate_of(self) -> None:
+        m = self.m
+        exprs = [("reaction " + r.id, r.rate) for r in m.reactions.values()]
+        for kind, rules in (("rule", m.assignment_rules), ("rate rule", m.rate_rules),
+                            ("initial assignment", m.initial_assignments)):
+            exprs += [(f"{kind} for {k}", v) for k, v in rules.items()]
+        for where, e in exprs:
+            if e.has(RateOf):
+                raise UnsupportedFeatureError(where.split()[-1], "csymbol rateOf")
+
+    # -- classification --------------------------------------------------------
+    def classify(self) -> None:
+        m = self.m
+        driven: dict[str, bool] = {}
+        for r in m.reactions.values():
+            for ref in (*r.reactants, *r.products):
+                if ref.species not in m.species:
+                    raise ModelError(f"reaction '{r.id}' refers to unknown species "
+                                     f"'{ref.species}'")
+                sp = m.species[ref.species]
+                if not sp.boundary_condition and not sp.constant:
+                    driven[sp.id] = True
+        for sid in driven:
+            if sid in m.rate_rules or sid in m.assignment_rules:
+                raise ModelError(f"species '{sid}' is changed by reactions and also by a rule; "
+                                 "SBML allows this only for boundary species. Set "
+                                 "boundaryCondition=true or remove the rule.")
+        states, kinds = [], []
+        for sp in m.species.values():
+            if sp.id in m.rate_rules:
+                states.append(sp.id)
+                kinds.append("amount" if sp.has_only_substance_units else "concentration")
+            elif sp.id in driven:
+                states.append(sp.id)
+                amount = sp.has_only_substance_units or sp.compartment in self.var_compartments
+                kinds.append("amount" if amount else "concentration")
+        for group in (m.compartments, m.parameters):
+            for x in group:
+                if x in m.rate_rules:
+                    states.append(x)
+                    kinds.append("value")
+        for x in m.rate_rules:
+            if x not in m.compartments and x not in m.parameters and x not in m.species:
+                if x in self.refs:
+                    raise UnsupportedFeatureError(x, "rate rule on a species reference")
+                raise ModelError(f"rate rule for unknown variable '{x}'")
+        self.states, self.state_kinds = states, kinds
+
+        # Constants: everything not a state and not assigned.
+        ruled = set(m.assignment_rules) | set(m.rate_rules)
+        free, free_kinds, defaults, derived = [], [], [], []
+        state_set = set(states)
+
+        def add_constant(x: str, kind: str, value: float | None) -> None:
+            if x in ruled or x in state_set:
+                return
+            if x in m.initial_assignments:
+                derived.append(x)
+                return
+            free.append(x)
+            free_kinds.append(kind)
+            defaults.append(np.nan if value is None else float(value))
+
+        for p in m.parameters.values():
+            add_constant(p.id, "parameter", p.value)
+        for c in m.compartments.values():
+            add_constant(c.id, "compartment", c.size)
+        for sp in m.species.values():
+            if sp.initial_amount is not None:
+                add_constant(sp.id, "initial_amount", sp.initial_amount)
+            else:
+                add_constant(sp.id, "initial_concentration", sp.initial_concentration)
+        # A species-reference id is a fixed number unless a rule or initial assignment
+        # sets it; then the stoichiometry is symbolic (see build()).
+        self.ref_numbers = {
+            rid: sympy.Float(ref.stoichiometry) for rid, (_, ref) in self.refs.items()
+            if rid not in ruled and rid not in m.initial_assignments
+        }
+        for rid in self.refs:
+            if rid in m.initial_assignments and rid not in ruled:
+                derived.append(rid)
+        self.free, self.free_kinds = free, free_kinds
+        self.defaults = np.asarray(defaults, dtype=np.float64)
+        self.derived = derived
+        # Initial values of states come from the same attributes; a state species with an
+        # initial assignment gets it from there instead.
+        self.state_attr: dict[str, tuple[str, float | None]] = {}
+        for x in states:
+            if x in m.species:
+                sp = m.species[x]
+                if sp.initial_amount is not None:
+                    self.state_attr[x] = ("initial_amount", sp.initial_amount)
+                else:
+                    self.state_attr[x] = ("initial_concentration", sp.initial_concentration)
+            elif x in m.compartments:
+                self.state_attr[x] = ("compartment", m.compartments[x].size)
+            else:
+                self.state_attr[x] = ("parameter", m.parameters[x].value)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        m = self.m
+        used: set[str] = set()
+        for e in (*[r.rate for r in m.reactions.values()], *m.assignment_rules.values(),
+                  *m.rate_rules.values(), *m.initial_assignments.values()):
+            used |= _free_ids(e)
+        for sp in m.species.values():
+            used.add(sp.compartment)
+        for x, (_, value) in self.state_attr.items():
+            if value is None and x not in m.initial_assignments:
+                raise ModelError(f"'{x}' changes over time but has no initial value; give it "
+                                 "a value or an initial assignment.")
+        for x, v in zip(self.free, self.defaults):
+            if np.isnan(v) and x in used:
+                raise ModelError(f"'{x}' is used in the model's math but has no value; give "
+                                 "it a value or an initial assignment.")
+
+    # -- species value / amount helpers ---------------------------------------
+    def _species_value_from_state(self, sid: str, ystate: sympy.Expr, kind: str) -> sympy.Expr:
+        sp = self.m.species[sid]
+        natural = "amount" if sp.has_only_substance_units else "concentration"
+        if kind == natural:
+            return ystate
+        vol = sym(sp.compartment)
+        return ystate / vol if kind == "amount" else ystate * vol
+
+    def _species_defs_from_attr(self, sid: str, value: sympy.Expr, kind: str) -> sympy.Expr:
+        """The species' natural value from an initial attribute of kind ``kind``."""
+        sp = self.m.species[sid]
+        vol = sym(sp.compartment)
+        if kind == "initial_amount" and not sp.has_only_substance_units:
+            return value / vol
+        if kind == "initial_concentration" and sp.has_only_substance_units:
+            return value * vol
+        return value
+
+    def _common_defs(self) -> dict[str, sympy.Expr]:
+        m = self.m
+        defs: dict[str, sympy.Expr] = dict(m.assignment_rules)
+        for r in m.reactions.values():
+            defs.setdefault(r.id, r.rate)
+        return defs
+
+    # -- rhs-side resolution ---------------------------------------------------
+    def resolve_dynamic(self) -> dict[str, sympy.Expr]:
+        m = self.m
+        base: dict[str, sympy.Expr] = {"@time": TIME, **self.ref_numbers}
+        for j, x in enumerate(self.free + self.derived):
+            base[x] = k_symbol(j)
+        defs = self._common_defs()
+        for x, e in m.rate_rules.items():
+            defs["@rr:" + x] = e
+        for i, (x, kind) in enumerate(zip(self.states, self.state_kinds)):
+            if x in m.species:
+                value = self._species_value_from_state(x, y_symbol(i), kind)
+                if value is y_symbol(i):
+                    base[x] = value
+                else:
+                    defs[x] = value
+            else:
+                base[x] = y_symbol(i)
+        return _resolve(defs, base, "model math")
+
+    def resolve_initial(self) -> dict[str, sympy.Expr]:
+        m = self.m
+        base: dict[str, sympy.Expr] = {"@time": TIME, **self.ref_numbers}
+        defs = self._common_defs()
+        for j, (x, kind) in enumerate(zip(self.free, self.free_kinds)):
+            if x in m.species:
+                defs[x] = self._species_defs_from_attr(x, p_symbol(j), kind)
+            else:
+                base[x] = p_symbol(j)
+        for x in self.states:
+            kind, value = self.state_attr[x]
+            if x in m.initial_assignments:
+                continue
+            v = sympy.Float(value)
+            defs[x] = self._species_defs_from_attr(x, v, kind) if x in m.species else v
+        for x, e in m.initial_assignments.items():
+            if x in m.assignment_rules:
+                raise ModelError(f"'{x}' has both an initial assignment and an assignment "
+                                 "rule; SBML forbids this.")
+            defs[x] = e
+        return _resolve(defs, base, "initial values")
+
+    # -- assembly --------------------------------------------------------------
+    def build(self) -> OdeSystem:
+        self.classify()
+        m = self.m
+        dyn = self.resolve_dynamic()
+        ini = self.resolve_initial()
+        sidx = {x: i for i, x in enumerate(self.states)}
+        rids = tuple(m.reactions)
+        rates = tuple(dyn[r] for r in rids)
+        n_states = len(self.states)
+        stoich = np.zeros((len(rids), n_states))
+        extra = [sympy.Integer(0)] * n_states
+        scale = [sympy.Integer(1)] * n_states
+        for x, i in sidx.items():
+            if x in m.rate_rules:
+                extra[i] = dyn["@rr:" + x]
+        driven_scale: dict[str, sympy.Expr] = {}
+        for j, r in enumerate(m.reactions.values()):
+            for sign, refs in ((-1.0, r.reactants), (1.0, r.products)):
+                for ref in refs:
+                    i = sidx.get(ref.species)
+                    if i is None or ref.species in m.rate_rules:
+                        continue
+                    sp = m.species[ref.species]
+                    if ref.species not in driven_scale:
+                        cf = sp.conversion_factor or m.conversion_factor
+                        s = dyn[cf] if cf else sympy.Integer(1)
+                        if self.state_kinds[i] == "concentration":
+                            s = s / dyn[sp.compartment]
+                        driven_scale[ref.species] = s
+                    if ref.id and ref.id not in self.ref_numbers:
+                        # stoichiometry set by an initial assignment or a rule: symbolic
+                        extra[i] = extra[i] + sign * dyn[ref.id] * rates[j] * driven_scale[
+                            ref.species]
+                    else:
+                        stoich[j, i] += sign * float(ref.stoichiometry)
+        for x, s in driven_scale.items():
+            scale[sidx[x]] = s
+        all_ones = all(s == 1 for s in scale)
+        y0 = []
+        for x, kind in zip(self.states, self.state_kinds):
+            value = ini[x]
+            if x in m.species:
+                sp = m.species[x]
+                natural = "amount" if sp.has_only_substance_units else "concentration"
+                if kind != natural:
+                    vol = ini[sp.compartment]
+                    value = value * vol if kind == "amount" else value / vol
+            y0.append(value)
+        init_derived = tuple(ini[x] for x in self.derived)
+        to_state = []
+        for x, kind in zip(self.states, self.state_kinds):
+            factor = sympy.Integer(1)
+            if x in m.species:
+                sp = m.species[x]
+                natural = "amount" if sp.has_only_substance_units else "concentration"
+                if kind != natural:
+                    vol = dyn[sp.compartment]
+                    factor = vol if kind == "amount" else 1 / vol
+            to_state.append(factor)
+        outputs, out_exprs = self.outputs(dyn)
+        return OdeSystem(
+            model=m,
+            states=tuple(self.states),
+            state_kinds=tuple(self.state_kinds),
+            parameters=tuple(self.free),
+            parameter_kinds=tuple(self.free_kinds),
+            parameter_defaults=self.defaults,
+            derived=tuple(self.derived),
+            outputs=outputs,
+            init_y0=tuple(y0),
+            init_derived=init_derived,
+            rates=rates,
+            stoichiometry=stoich,
+            scale=None if all_ones else tuple(scale),
+            extra=tuple(extra),
+            output_exprs=out_exprs,
+            natural_to_state=tuple(to_state),
+            reaction_ids=rids,
+        )
+
+    def outputs(self, dyn: dict[str, sympy.Expr]):
+        m = self.m
+        keys: list[OutputKey] = []
+        exprs: list[sympy.Expr] = []
+        for sp in m.species.values():
+            value = dyn[sp.id]
+            vol = dyn[sp.compartment]
+            if sp.has_only_substance_units:
+                amount, conc = value, value / vol
+            else:
+                amount, conc = value * vol, value
+            keys += [("concentration", sp.id), ("amount", sp.id)]
+            exprs += [conc, amount]
+        for group in (m.compartments, m.parameters):
+            for x in group:
+                keys.append(("value", x))
+                exprs.append(dyn[x])
+        for rid in self.refs:
+            keys.append(("value", rid))
+            exprs.append(dyn[rid])
+        for r in m.reactions:
+            keys.append(("rate", r))
+            exprs.append(dyn[r])
+        return tuple(keys), tuple(exprs)
+
+
+def lower(model: Model) -> OdeSystem:
+    """Lower a symbolic model to an ODE system (see the module docstring)."""
+    return _Lowering(model).build()

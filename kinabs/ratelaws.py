@@ -1,0 +1,1 @@
+"""Rate-law library (stub: being written)."""
