@@ -36,7 +36,10 @@ from kinabs._model import (
     SpeciesReference,
 )
 from kinabs._options import AdjointOptions, SolverOptions
+from kinabs._data import Experiment, TrainingData
 from kinabs._paths import example_data_path, example_model_path
+from kinabs._results import TrainingResults
+from kinabs._trainer import Trainer, exponentiate_parameters, log_transform_parameters
 from kinabs._simulate import SimulationResult, amount, concentration, simulate
 from kinabs._system import OdeSystem, lower
 from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
@@ -45,7 +48,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AVOGADRO", "TIME", "AdjointOptions", "Backend", "BackendError", "Compartment",
-    "DataError", "KinabsError", "Model", "ModelBuilder", "ModelError", "OdeSystem",
+    "DataError", "Experiment", "KinabsError", "Trainer", "TrainingData", "TrainingResults",
+    "exponentiate_parameters", "log_transform_parameters", "Model", "ModelBuilder", "ModelError", "OdeSystem",
     "Parameter", "Reaction", "SBMLError", "SimulationError", "SimulationResult",
     "SolverOptions", "Species", "SpeciesReference", "UnsupportedFeatureError", "amount",
     "concentration", "example_data_path", "example_model_path", "get_backend",

@@ -79,6 +79,20 @@ class Backend(ABC):
             solver: a :class:`kinabs.SolverOptions`.
         """
 
+    @abstractmethod
+    def default_optimizer(self) -> Any:
+        """The default optimiser (the seed's AdaBelief with clipped updates)."""
+
+    @abstractmethod
+    def check_optimizer(self, optimizer: Any) -> None:
+        """Raise BackendError unless ``optimizer`` is this backend's kind of optimiser."""
+
+    @abstractmethod
+    def training_program(self, problem: Any, optimizer: Any, n_iter: int, *,
+                         optimizer_key: str | None = None) -> Any:
+        """A :class:`kinabs._problem.TrainingProgram` for ``problem``. ``optimizer_key``
+        names the optimizer when it is a known default (lets the backend cache programs)."""
+
 
 def resolve_backend_name(name: str | None) -> str:
     if name is None:

@@ -87,6 +87,28 @@ class JaxBackend(Backend):
         with jax.enable_x64(True):
             return JaxOps()
 
+    def default_optimizer(self):
+        from kinabs.backends.jax._train import default_optimizer
+
+        return default_optimizer()
+
+    def check_optimizer(self, optimizer):
+        import optax
+
+        if not isinstance(optimizer, optax.GradientTransformation):
+            hint = ""
+            if isinstance(optimizer, type) or "torch" in type(optimizer).__module__:
+                hint = " It looks like a torch optimizer: use backend='torch' for those."
+            raise BackendError(
+                "the jax backend needs an optax.GradientTransformation as optimizer, e.g. "
+                f"optax.adam(1e-3); got {optimizer!r}.{hint}"
+            )
+
+    def training_program(self, problem, optimizer, n_iter, *, optimizer_key=None):
+        from kinabs.backends.jax._train import JaxTrainingProgram
+
+        return JaxTrainingProgram(problem, optimizer, n_iter, optimizer_key=optimizer_key)
+
     @functools.lru_cache(maxsize=64)  # noqa: B019 - a few compiled solvers per process
     def _compiled(self, system, method, opts: SolverOptions, max_steps: int, has_y0: bool,
                   output_index: tuple[int, ...]):

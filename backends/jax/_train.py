@@ -1,0 +1,320 @@
+"""Training on JAX: every initialisation trained together in one compiled program.
+
+One ``jit`` of a ``lax.scan`` over a chunk of iterations, ``vmap``-ed over
+initialisations, compiled once per fit (the last, shorter chunk runs the same program
+with the surplus iterations masked). A member whose solve fails is frozen with its
+reason and does not disturb the others.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kinabs._errors import BackendError
+from kinabs._losses import DEFAULT_TERMS
+from kinabs._problem import FitProblem, TrainingProgram
+from kinabs.backends.jax._backend import lowered, make_adjoint, make_solver, solve_one
+
+__all__ = ["JaxTrainingProgram", "default_optimizer", "enable_compilation_cache"]
+
+_CACHE_SET = False
+
+
+def enable_compilation_cache() -> None:
+    """Switch on JAX's persistent compilation cache (once per process) unless the user set
+    one or ``KINABS_JAX_CACHE=0``. Directory: ``KINABS_JAX_CACHE`` or ~/.cache/kinabs/jax."""
+    global _CACHE_SET
+    if _CACHE_SET:
+        return
+    _CACHE_SET = True
+    setting = os.environ.get("KINABS_JAX_CACHE", "")
+    if setting == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    path = Path(setting) if setting else Path.home() / ".cache" / "kinabs" / "jax"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def default_optimizer() -> optax.GradientTransformation:
+    """The seed's default: AdaBelief (learning rate 1e-3), then updates clipped to a global
+    norm of log(4)."""
+    return optax.chain(optax.adabelief(1e-3), optax.clip_by_global_norm(float(np.log(4.0))))
+
+
+def _choose_chunk(n_iter: int) -> int:
+    for c in range(25, 4, -1):
+        if n_iter % c == 0:
+            return c
+    return min(n_iter, 20)
+
+
+def _value_and_grad(loss_one, forward: bool):
+    """value_and_grad with aux; forward-mode (jacfwd) for the 'forward' adjoint, whose
+    solver loops cannot be reverse-differentiated."""
+    if not forward:
+        return jax.value_and_grad(loss_one, has_aux=True)
+
+    def f(theta):
+        loss, status = loss_one(theta)
+        return loss, (loss, status)
+
+    jac = jax.jacfwd(f, has_aux=True)
+
+    def vg(theta):
+        grad, (loss, status) = jac(theta)
+        return (loss, status), grad
+
+    return vg
+
+
+class JaxTrainingProgram(TrainingProgram):
+    """See the module docstring."""
+
+    def __init__(self, problem: FitProblem, optimizer: Any, n_iter: int, *,
+                 optimizer_key: str | None = None):
+        if not isinstance(optimizer, optax.GradientTransformation):
+            raise BackendError(
+                "the jax backend needs an optax.GradientTransformation as optimizer (e.g. "
+                f"optax.adam(1e-3)); got {type(optimizer).__name__}."
+            )
+        enable_compilation_cache()
+        self.problem = problem
+        self.optimizer = optimizer
+        self.chunk = _choose_chunk(n_iter)
+        self._optimizer_key = optimizer_key
+        with jax.enable_x64(True):
+            self._loss_one = self._make_loss()
+            self._run_fn = self._make_run()
+            self._runs: dict[int, Any] = {}
+            self._loss_batch = None
+            self._treedef = None
+
+    def _key(self, n: int) -> str | None:
+        pb = self.problem
+        if self._optimizer_key is None or pb.loss is not None:
+            return None
+        parts: list[Any] = [pb.system.generated.source, pb.system.generated.stoichiometry,
+                            pb.base_parameters, pb.train_index, pb.space, repr(pb.solver),
+                            repr(pb.adjoint), pb.loss_threshold, self.chunk, n,
+                            self._optimizer_key]
+        for e in pb.experiments:
+            parts += [e.t0, e.times, e.values, e.output_index, e.y0, e.y0_mask, e.p_index,
+                      e.p_values]
+        from kinabs.backends.jax._program_cache import program_key
+
+        return program_key(*parts)
+
+    def _run(self, state, n_active):
+        """The compiled chunk for this batch size (traced once, or loaded from disk)."""
+        leaves, treedef = jax.tree.flatten(state)
+        n = leaves[0].shape[0]
+        if n not in self._runs:
+            from kinabs.backends.jax._program_cache import cached_jit
+
+            def flat(leaves, n_active, _treedef=treedef):
+                carry, losses = self._run_fn(jax.tree.unflatten(_treedef, leaves), n_active)
+                return jax.tree.leaves(carry), losses
+
+            self._runs[n] = cached_jit(flat, (leaves, n_active), self._key(n))
+        new_leaves, losses = self._runs[n](leaves, n_active)
+        return jax.tree.unflatten(treedef, new_leaves), losses
+
+    # -- the loss of one initialisation ----------------------------------------
+    def _make_loss(self):
+        pb = self.problem
+        fns = lowered(pb.system)
+        solver = make_solver(pb.solver.method)
+        adjoint = make_adjoint(pb.adjoint)
+        opts = pb.solver
+        base = jnp.asarray(pb.base_parameters)
+        tidx = jnp.asarray(pb.train_index)
+        exps = [
+            dict(t0=jnp.asarray(e.t0), ts=jnp.asarray(e.times), obs=jnp.asarray(e.values),
+                 mask=jnp.asarray(e.mask), out=np.asarray(e.output_index),
+                 y0=jnp.asarray(e.y0), y0_mask=jnp.asarray(e.y0_mask),
+                 pidx=np.asarray(e.p_index), pval=jnp.asarray(e.p_values))
+            for e in pb.experiments
+        ]
+        log_space = pb.space == "log"
+
+        def to_linear(theta):
+            return jnp.exp2(theta) if log_space else theta
+
+        def predict(p, e, ts, y0_nat, y0_mask):
+            if e["pidx"].size:
+                p = p.at[e["pidx"]].set(e["pval"])
+            y0, k = fns.init(e["t0"], p)
+            factors = fns.to_state(e["t0"], y0, k)
+            y0 = jnp.where(y0_mask, y0_nat * factors, y0)
+            ys, status, _ = solve_one(fns, solver, opts, ts, e["t0"], y0, k,
+                                      max_steps=opts.max_steps, adjoint=adjoint)
+            return fns.outputs(ts, ys, k)[..., e["out"]], status
+
+        if pb.loss is None:
+            terms = DEFAULT_TERMS[pb.space]
+
+            def loss(theta):
+                p = base.at[tidx].set(to_linear(theta))
+                sse, count, status = 0.0, 0.0, jnp.asarray(0)
+                for e in exps:
+                    pred, st = predict(p, e, e["ts"], e["y0"], e["y0_mask"])
+                    a, b = terms(pred, e["obs"], e["mask"], jnp)
+                    sse, count, status = sse + a, count + b, jnp.maximum(status, st)
+                return sse / count, status
+
+            return loss
+
+        return self._make_custom_loss(pb, exps, predict, to_linear, base, tidx)
+
+    def _make_custom_loss(self, pb, exps, predict, to_linear, base, tidx):
+        names = pb.train_names
+        custom = pb.loss
+        species_state = pb.system.state_index
+
+        def loss(theta):
+            params = {n: theta[i] for i, n in enumerate(names)}
+            total, status = 0.0, jnp.asarray(0)
+            for e, ea in zip(exps, pb.experiments):
+                statuses = []
+                # data rows as the seed hands them: first-row NaNs filled with start values
+                first = jnp.where(jnp.isnan(e["obs"][0]), jnp.nan, e["obs"][0])
+
+                def model(ts, y0=None, params=None, _e=e, _ea=ea, _st=statuses):
+                    lin = dict(params or {})
+                    p = base
+                    if lin:
+                        idx = [pb.system.parameter_index[k] for k in lin]
+                        p = p.at[jnp.asarray(idx)].set(jnp.stack([jnp.asarray(v) for v in
+                                                                  lin.values()]))
+                    y0_nat, y0_mask = _e["y0"], _e["y0_mask"]
+                    if y0 is not None:
+                        y0 = jnp.asarray(y0)
+                        for j, s in enumerate(_ea.species):
+                            if s in species_state:
+                                i = species_state[s]
+                                ok = jnp.isfinite(y0[j])
+                                y0_nat = y0_nat.at[i].set(jnp.where(ok, y0[j], y0_nat[i]))
+                                y0_mask = y0_mask.at[i].set(ok | y0_mask[i])
+                    pred, st = predict(p, _e, jnp.asarray(ts), y0_nat, y0_mask)
+                    _st.append(st)
+                    return pred
+
+                ys = e["obs"].at[0].set(first)
+                kwargs = dict(custom.kwargs)
+                if custom.wants_model:
+                    kwargs["model"] = model
+                    value = custom.fn(params, e["ts"], ys, **kwargs)
+                else:
+                    value = custom.fn(params, e["ts"], ys, **kwargs)
+                value = jnp.asarray(value)
+                if value.shape != ():
+                    raise BackendError(
+                        f"the custom loss must return a scalar; it returned shape {value.shape}."
+                    )
+                total = total + value
+                for st in statuses:
+                    status = jnp.maximum(status, st)
+            return total, status
+
+        del to_linear, tidx
+        return loss
+
+    # -- the compiled chunk -----------------------------------------------------
+    def _make_run(self):
+        opt = self.optimizer
+        vg = jax.vmap(_value_and_grad(self._loss_one, self.problem.adjoint.method == "forward"))
+        threshold = self.problem.loss_threshold
+        chunk = self.chunk
+
+        def step(carry, i, n_active):
+            theta, opt_state, status, stopped, probe = carry
+            (loss, st), grad = vg(theta)
+            ok = (st == 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=1)
+            # iteration n_active only probes the loss of the final parameters
+            probe = jnp.where(i == n_active, jnp.where(ok, loss, jnp.nan), probe)
+            updates, new_state = jax.vmap(opt.update)(grad, opt_state, theta)
+            new_theta = optax.apply_updates(theta, updates)
+            live = (status == 0) & ~stopped & (i < n_active)
+            do = live & ok
+            theta = jnp.where(do[:, None], new_theta, theta)
+            opt_state = jax.tree.map(
+                lambda n, o: jnp.where(do.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+                new_state, opt_state)
+            status = jnp.where(live & ~ok, jnp.where(st != 0, st, 4), status)
+            if threshold is not None:
+                stopped = stopped | (do & (loss < threshold))
+            recorded = jnp.where(live, jnp.where(ok, loss, jnp.nan), jnp.nan)
+            return (theta, opt_state, status, stopped, probe), recorded
+
+        def run(carry, n_active):
+            n = carry[0].shape[0]
+
+            def body(carry, i):
+                # a real branch (the predicate is not batched): iterations past the end of
+                # the run cost nothing, so one program serves every chunk length
+                return jax.lax.cond(
+                    i <= n_active, lambda c: step(c, i, n_active),
+                    lambda c: (c, jnp.full((n,), jnp.nan)), carry)
+
+            carry, losses = jax.lax.scan(body, carry, jnp.arange(chunk))
+            return carry, losses.T
+
+        return run
+
+    # -- TrainingProgram API ------------------------------------------------------
+    def init(self, theta):
+        with jax.enable_x64(True):
+            th = jnp.asarray(theta, dtype=jnp.float64)
+            opt_state = jax.vmap(self.optimizer.init)(th)
+            n = th.shape[0]
+            return (th, opt_state, jnp.zeros(n, dtype=jnp.int32), jnp.zeros(n, dtype=bool),
+                    jnp.full((n,), jnp.nan))
+
+    def run(self, state, n_iter):
+        with jax.enable_x64(True):
+            state, losses = self._run(state, jnp.asarray(n_iter, dtype=jnp.int32))
+            return state, np.asarray(losses)[:, :n_iter]
+
+    def reset(self, state, mask, theta):
+        with jax.enable_x64(True):
+            th, opt_state, status, stopped, probe = state
+            m = jnp.asarray(mask)
+            new_th = jnp.where(m[:, None], jnp.asarray(theta), th)
+            fresh = jax.vmap(self.optimizer.init)(new_th)
+            opt_state = jax.tree.map(
+                lambda n, o: jnp.where(m.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+                fresh, opt_state)
+            return (new_th, opt_state, jnp.where(m, 0, status), jnp.where(m, False, stopped),
+                    probe)
+
+    def theta(self, state):
+        return np.asarray(state[0])
+
+    def status(self, state):
+        return np.asarray(state[2])
+
+    def stopped(self, state):
+        return np.asarray(state[3])
+
+    def final_loss(self, state):
+        """Loss at the current parameters of every member (one probing iteration of the
+        same compiled program: no second compilation)."""
+        with jax.enable_x64(True):
+            state, _ = self._run(state, jnp.asarray(0, dtype=jnp.int32))
+            return np.asarray(state[4])
+
+    def loss(self, theta):
+        with jax.enable_x64(True):
+            if self._loss_batch is None:
+                self._loss_batch = jax.jit(jax.vmap(self._loss_one))
+            loss, status = self._loss_batch(jnp.asarray(theta, dtype=jnp.float64))
+            return np.asarray(loss), np.asarray(status)

@@ -1,0 +1,23 @@
+"""The PyTorch backend: torch right-hand sides in an ``nn.Module``, a batched Rosenbrock
+solver for stiff systems, and torchdiffeq for explicit solves.
+
+Everything runs in float64 unless a ``VectorField`` is converted to float32; arrays come
+back to ``kinabs.simulate`` as float64 numpy arrays.
+
+Example:
+    >>> import kinabs
+    >>> kinabs.get_backend("torch").name
+    'torch'
+"""
+
+from kinabs.backends.torch._backend import TorchBackend, solve
+from kinabs.backends.torch._module import TorchSolution, VectorField, lowered
+from kinabs.backends.torch._ops import TorchOps
+from kinabs.backends.torch._solvers import RODAS4, RODAS5, Rosenbrock, TorchDiffEq
+
+Backend = TorchBackend
+
+__all__ = [
+    "Backend", "RODAS4", "RODAS5", "Rosenbrock", "TorchBackend", "TorchDiffEq", "TorchOps",
+    "TorchSolution", "VectorField", "lowered", "solve",
+]

@@ -1,0 +1,149 @@
+"""Simulation on torch: the Rosenbrock solver (stiff) and torchdiffeq (explicit).
+
+``method="auto"`` mirrors the JAX backend: an explicit solve first, with a step cap, and
+the solves it cannot finish are redone with the stiff solver. torchdiffeq shares one step
+size across the batch, so a failure there redoes the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kinabs._backend import Backend, RawSolution
+from kinabs._errors import BackendError
+from kinabs._options import AdjointOptions, SolverOptions
+from kinabs.backends.torch._module import Lowered, lowered
+from kinabs.backends.torch._ops import Columns, TorchOps
+from kinabs.backends.torch._solvers import (
+    Rosenbrock,
+    TorchDiffEq,
+    explicit_solve,
+    rosenbrock_solve,
+)
+
+__all__ = ["TorchBackend", "solve", "AUTO_EXPLICIT_STEP_CAP"]
+
+#: Explicit solves in "auto" mode that need more steps than this are redone implicitly.
+#: Lower than the JAX backend's cap: an eager torch step costs far more than a compiled
+#: one, and past this many steps the Rosenbrock solver is the cheaper way.
+AUTO_EXPLICIT_STEP_CAP = 2_000
+
+
+def _adjoint_flag(adjoint: AdjointOptions | None, explicit: bool) -> bool:
+    adjoint = adjoint or AdjointOptions()
+    if not isinstance(adjoint, AdjointOptions):
+        raise TypeError(f"adjoint must be a kinabs.AdjointOptions; got {type(adjoint).__name__}")
+    if adjoint.method == "forward":
+        raise BackendError("the torch backend has no forward-mode sensitivities; use "
+                           "AdjointOptions('checkpoint') (autograd) or 'backsolve'.")
+    if adjoint.method == "checkpoint" and adjoint.checkpoints is not None:
+        raise BackendError("the torch backend backpropagates through every step and cannot "
+                           "limit checkpoints; leave AdjointOptions.checkpoints=None.")
+    if adjoint.method == "backsolve" and not explicit:
+        raise BackendError("AdjointOptions('backsolve') needs an explicit torchdiffeq solver "
+                           "on torch: use SolverOptions(method='nonstiff').")
+    return adjoint.method == "backsolve"
+
+
+def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: torch.Tensor,
+          *, solver: SolverOptions | None = None, adjoint: AdjointOptions | None = None):
+    """Solve a batch (``y0``: (B, S), ``k``: (B, K)) at ``times``; differentiable.
+
+    Returns ``(ys (B, T, S), status (B,), steps (B,))`` (numpy status and steps)."""
+    opts = solver or SolverOptions()
+    method = opts.method
+    if method == "stiff":
+        method = Rosenbrock()
+    elif method == "nonstiff":
+        method = TorchDiffEq()
+    elif not isinstance(method, (Rosenbrock, TorchDiffEq)) and method != "auto":
+        raise BackendError(
+            f"the torch backend cannot use solver {method!r}: give 'auto', 'stiff', "
+            "'nonstiff', kinabs.backends.torch.Rosenbrock(...) or TorchDiffEq('dopri8')."
+        )
+    explicit = method == "auto" or isinstance(method, TorchDiffEq)
+    backsolve = _adjoint_flag(adjoint, explicit)
+    common = dict(rtol=opts.rtol, atol=opts.atol, dt0=opts.dt0)
+
+    # The constants are split once per solve: the generated functions read them only
+    # through ops.get (see TorchOps.columns); subsets (k[idx]) are passed through as is.
+    k_cols = Columns(k)
+
+    def rhs(t, y, kk):
+        return low.fns.rhs(t, y, k_cols if kk is k else kk)
+
+    def jac(t, y, kk):
+        return low.jac(t, y, k_cols if kk is k else kk)
+
+    dfdt = None
+    if low.dfdt is not None:
+        def dfdt(t, y, kk):
+            return low.dfdt(t, y, k_cols if kk is k else kk)
+
+    def stiff(y0, k, tableau=None):
+        tab = tableau or Rosenbrock().tableau
+        return rosenbrock_solve(rhs, jac, dfdt, times, t0, y0, k, max_steps=opts.max_steps,
+                                tableau=tab, **common)
+
+    if isinstance(method, Rosenbrock):
+        return stiff(y0, k, method.tableau)
+    name = method.method if isinstance(method, TorchDiffEq) else "dopri5"
+    cap = opts.max_steps if method != "auto" else min(opts.max_steps, AUTO_EXPLICIT_STEP_CAP)
+    ys, status, steps = explicit_solve(rhs, times, t0, y0, k, method=name,
+                                       max_steps=cap, adjoint=backsolve, **common)
+    if method == "auto" and np.any(status != 0):
+        return stiff(y0, k)
+    if np.any(status != 0) and y0.shape[0] > 1:
+        # One shared step size: find which members fail by solving them one by one.
+        parts = [explicit_solve(rhs, times, t0, y0[i:i + 1], k[i:i + 1], method=name,
+                                max_steps=cap, adjoint=backsolve, **common)
+                 for i in range(y0.shape[0])]
+        ys = torch.cat([p[0] for p in parts])
+        status = np.concatenate([p[1] for p in parts])
+        steps = np.concatenate([p[2] for p in parts])
+    return ys, status, steps
+
+
+class TorchBackend(Backend):
+    """Backend on PyTorch: a batched Rosenbrock solver and torchdiffeq."""
+
+    name = "torch"
+
+    def ops(self) -> TorchOps:
+        return TorchOps()
+
+    def simulate(self, system, times, parameters, *, t0, y0, y0_mask, output_index, solver):
+        low = lowered(system)
+        fns = low.fns
+        with torch.no_grad():
+            p = torch.as_tensor(np.asarray(parameters, dtype=np.float64))
+            ts = torch.as_tensor(np.asarray(times, dtype=np.float64))
+            t0_t = torch.tensor(float(t0), dtype=torch.float64)
+            y_init, k = fns.init(t0_t, p)
+            if y0 is not None:
+                factors = fns.to_state(t0_t, y_init, k)
+                mask = torch.as_tensor(np.asarray(y0_mask, dtype=bool))
+                y_nat = torch.as_tensor(np.asarray(y0, dtype=np.float64))
+                y_init = torch.where(mask, y_nat * factors, y_init)
+            ys, status, steps = solve(low, ts, float(t0), y_init, k, solver=solver)
+            idx = torch.as_tensor(np.asarray(output_index, dtype=np.int64))
+            out = fns.outputs(ts, ys, k[:, None, :])[..., idx]
+        return RawSolution(ys=out.cpu().numpy(), status=np.asarray(status, dtype=np.int64),
+                           steps=np.asarray(steps, dtype=np.int64))
+
+    # -- training: not on torch yet ----------------------------------------------
+    def _no_training(self):
+        return BackendError("training on the torch backend is not implemented yet; fit with "
+                            "backend='jax' (simulation and VectorField work on torch).")
+
+    def default_optimizer(self) -> Any:
+        raise self._no_training()
+
+    def check_optimizer(self, optimizer: Any) -> None:
+        raise self._no_training()
+
+    def training_program(self, problem: Any, optimizer: Any, n_iter: int) -> Any:
+        raise self._no_training()

@@ -1,0 +1,206 @@
+"""Lowering to torch: generated functions bound to :class:`TorchOps`, and ``VectorField``.
+
+Example:
+    >>> import numpy as np, torch, kinabs
+    >>> from kinabs.backends.torch import VectorField
+    >>> c = kinabs.Compartment("c")
+    >>> a = kinabs.Species("A", "c", initial_concentration=2.0)
+    >>> k = kinabs.Parameter("k", 0.5)
+    >>> r = kinabs.Reaction("decay", kinabs._model.sym("k") * kinabs._model.sym("A"),
+    ...                     reactants=(kinabs.SpeciesReference("A"),))
+    >>> model = kinabs.Model(compartments={"c": c}, species={"A": a},
+    ...                      parameters={"k": k}, reactions={"decay": r})
+    >>> field = VectorField(model)
+    >>> sol = field.solve(torch.tensor([0.0, 2.0], dtype=torch.float64))
+    >>> round(sol.ys[0, 1, 0].item(), 6)  # 2 * exp(-1)
+    0.735759
+    >>> sol.ys.sum().backward(); field.theta.grad.shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kinabs._errors import UnsupportedFeatureError
+from kinabs.backends.torch._ops import TorchOps
+
+__all__ = ["VectorField", "lowered", "Lowered", "TorchSolution"]
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A system's functions on one torch device and dtype: the generated ``fns``
+    (init, rates, rhs, outputs, to_state) and the Jacobian pair ``jac``/``dfdt``
+    (symbolic when kinabs can print it, else torch.func forward mode)."""
+
+    fns: Any
+    jac: Any
+    dfdt: Any
+    symbolic_jacobian: bool
+
+
+def lowered(system, device: Any = None, dtype: torch.dtype = torch.float64) -> Lowered:
+    """The system's functions bound to torch on ``device``/``dtype`` (made once each)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = ("torch", str(device), str(dtype))
+    out = system._cache.get(key)
+    if out is None:
+        ops = TorchOps(device, dtype)
+        fns = system.generated.bind(ops)
+        try:
+            from kinabs._jacobian import generate_jacobian
+
+            bound = generate_jacobian(system).bind(ops)
+            out = Lowered(fns, bound.jac, bound.dfdt, True)
+        except UnsupportedFeatureError:
+            out = Lowered(fns, *_autodiff_jacobian(fns.rhs), False)
+        system._cache[key] = out
+    return out
+
+
+def _autodiff_jacobian(rhs):
+    """Jacobian and time derivative of a batched rhs by forward-mode autodiff."""
+
+    def jac(t, y, k):
+        # Members are independent: d(sum_b f_b)/dy_b is member b's Jacobian.
+        j = torch.func.jacfwd(lambda yy: rhs(t, yy, k).sum(0))(y)  # (S, B, S)
+        return j.permute(1, 0, 2)
+
+    def dfdt(t, y, k):
+        t = torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(y.shape[:1])
+        return torch.func.jvp(lambda tt: rhs(tt, y, k), (t,), (torch.ones_like(t),))[1]
+
+    return jac, dfdt
+
+
+@dataclass(frozen=True)
+class TorchSolution:
+    """``ys``: (B, T, S) states (differentiable; NaN where a solve failed); ``status``
+    and ``steps``: (B,) numpy arrays (codes of ``kinabs._backend.STATUS``)."""
+
+    ys: torch.Tensor
+    status: np.ndarray
+    steps: np.ndarray
+
+
+class VectorField(torch.nn.Module):
+    """An ODE system as a torch module: ``forward(t, y) -> dy/dt``.
+
+    Args:
+        system: a :class:`kinabs.Model` or :class:`kinabs.OdeSystem`.
+        parameters: free-parameter values, shape (P,) or (B, P) in ``system.parameters``
+            order (default: the model's values). A leading batch gives B vector fields.
+        trainable: ids of the parameters that become ``nn.Parameter`` (default: the
+            kinetic parameters); the others are buffers.
+        log_space: store the trainable parameters as natural logarithms (they must then
+            be positive).
+        t0: the start time at which ``init`` evaluates initial values.
+
+    ``theta`` holds the trainable values (log-values with ``log_space``), ``fixed`` the
+    others. ``.to(device)`` and ``.double()`` work; only float64 and float32 are allowed.
+    """
+
+    def __init__(self, system, parameters: Any = None, *, trainable: Any = None,
+                 log_space: bool = False, t0: float = 0.0, dtype: torch.dtype = torch.float64,
+                 device: Any = None) -> None:
+        super().__init__()
+        from kinabs._simulate import as_system
+
+        self.system = as_system(system)
+        sysm = self.system
+        values = np.asarray(sysm.parameter_defaults if parameters is None else parameters,
+                            dtype=np.float64)
+        if values.shape[-1:] != (len(sysm.parameters),):
+            raise ValueError(f"parameters must have shape (P,) or (B, P) with P = "
+                             f"{len(sysm.parameters)}; got {values.shape}.")
+        names = sysm.kinetic_parameters if trainable is None else tuple(trainable)
+        unknown = [n for n in names if n not in sysm.parameter_index]
+        if unknown:
+            raise ValueError(f"unknown trainable parameter(s) {unknown}; free parameters "
+                             f"are {list(sysm.parameters)[:20]}")
+        train_idx = [sysm.parameter_index[n] for n in names]
+        fixed_idx = [i for i in range(len(sysm.parameters)) if i not in set(train_idx)]
+        theta = values[..., train_idx]
+        if log_space:
+            if np.any(theta <= 0):
+                raise ValueError("log_space=True needs positive values of the trainable "
+                                 "parameters; pass trainable= to leave the others out.")
+            theta = np.log(theta)
+        self.trainable = names
+        self.log_space = bool(log_space)
+        self.t0 = float(t0)
+        self.theta = torch.nn.Parameter(torch.as_tensor(theta, dtype=dtype, device=device))
+        self.register_buffer("fixed", torch.as_tensor(values[..., fixed_idx], dtype=dtype,
+                                                      device=device))
+        self.register_buffer("order", torch.as_tensor(np.argsort(train_idx + fixed_idx),
+                                                      device=device))
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    @property
+    def lowered(self) -> Lowered:
+        """The functions bound to this module's current device and dtype."""
+        if self.dtype not in (torch.float64, torch.float32):
+            raise TypeError(f"VectorField supports float64 and float32; it is {self.dtype}.")
+        return lowered(self.system, self.device, self.dtype)
+
+    def parameters_vector(self) -> torch.Tensor:
+        """Every free parameter, (..., P) in ``system.parameters`` order."""
+        theta = torch.exp(self.theta) if self.log_space else self.theta
+        return torch.cat([theta, self.fixed], dim=-1)[..., self.order]
+
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y0, k)`` at ``t0``: initial states and the constants vector."""
+        t0 = torch.tensor(self.t0, dtype=self.dtype, device=self.device)
+        return self.lowered.fns.init(t0, self.parameters_vector())
+
+    # -- evaluation ---------------------------------------------------------------
+    def _check(self, name: str, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor; got {type(x).__name__}.")
+        if x.dtype != self.dtype or x.device != self.device:
+            raise TypeError(
+                f"{name} is {x.dtype} on {x.device} but the VectorField is {self.dtype} on "
+                f"{self.device}; convert it with {name}.to(field.device, field.dtype)."
+            )
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """dy/dt at ``(t, y)``; ``y`` is (..., S) and broadcasts against the batch of
+        parameter sets. The constants are recomputed from the parameters on every call;
+        :meth:`solve` computes them once per solve."""
+        self._check("y", y)
+        _, k = self.initial()
+        return self.lowered.fns.rhs(t, y, k)
+
+    def solve(self, times: Any, *, y0: torch.Tensor | None = None, solver: Any = None,
+              adjoint: Any = None) -> TorchSolution:
+        """Solve from ``t0`` and save the states at ``times`` (see :func:`solve`)."""
+        from kinabs.backends.torch._backend import solve
+
+        times = torch.as_tensor(times, dtype=self.dtype, device=self.device)
+        y_init, k = self.initial()
+        if y0 is not None:
+            self._check("y0", y0)
+            y_init = y0
+        batch = torch.broadcast_shapes(y_init.shape[:-1], k.shape[:-1])
+        flat_y = y_init.expand(*batch, y_init.shape[-1]).reshape(-1, y_init.shape[-1])
+        flat_k = k.expand(*batch, k.shape[-1]).reshape(-1, k.shape[-1])
+        ys, status, steps = solve(self.lowered, times, self.t0, flat_y, flat_k,
+                                  solver=solver, adjoint=adjoint)
+        return TorchSolution(ys=ys, status=status, steps=steps)
+
+    def extra_repr(self) -> str:
+        return (f"states={len(self.system.states)}, trainable={len(self.trainable)}, "
+                f"batch={tuple(self.theta.shape[:-1])}, log_space={self.log_space}")

@@ -1,0 +1,235 @@
+"""Solvers on torch: an adaptive Rosenbrock method (stiff) and torchdiffeq (explicit).
+
+Every solver takes batched tensors (``y0``: (B, S), ``k``: (B, K)) and returns
+``(ys (B, T, S), status (B,) numpy, steps (B,) numpy)`` with status codes of
+``kinabs._backend.STATUS``. Save times are hit exactly (steps are clipped to them), so no
+dense output is needed. Gradients flow by autograd through the accepted steps; step-size
+decisions are not differentiated (as in diffrax).
+
+The Rosenbrock solver gives each batch member its own time and step size; one loop
+advances all members together (finished ones are masked), so the number of torch
+operations per step does not grow with the batch.
+
+Example:
+    >>> import torch
+    >>> from kinabs.backends.torch._solvers import rosenbrock_solve
+    >>> rhs = lambda t, y, k: -k * y
+    >>> jac = lambda t, y, k: -k[..., None] * torch.eye(1, dtype=y.dtype)
+    >>> y0 = torch.ones(2, 1, dtype=torch.float64)
+    >>> k = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    >>> ys, status, steps = rosenbrock_solve(rhs, jac, None, torch.tensor([1.0]), 0.0, y0, k)
+    >>> ys[:, 0, 0]
+    tensor([0.3679, 0.1353], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
+
+__all__ = [
+    "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
+]
+
+SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
+
+
+@dataclass(frozen=True)
+class Rosenbrock:
+    """The stiff solver: an adaptive Rosenbrock method (``RODAS5`` or ``RODAS4``);
+    pass ``SolverOptions(method=Rosenbrock(...))`` to choose one."""
+
+    tableau: RosenbrockTableau = RODAS5
+
+
+@dataclass(frozen=True)
+class TorchDiffEq:
+    """An explicit torchdiffeq method by name (``"dopri5"``, ``"dopri8"``, ``"bosh3"``...);
+    pass ``SolverOptions(method=TorchDiffEq("dopri8"))`` to choose one."""
+
+    method: str = "dopri5"
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(torch.mean(x * x, dim=-1))
+
+
+def _initial_step(rhs, t0, y0, k, rtol, atol, order, span) -> np.ndarray:
+    """Hairer's starting step size, per batch member."""
+    with torch.no_grad():
+        t = torch.full(y0.shape[:1], t0, dtype=y0.dtype, device=y0.device)
+        f0 = rhs(t, y0, k)
+        sc = atol + rtol * y0.abs()
+        d0, d1 = _rms(y0 / sc), _rms(f0 / sc)
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        f1 = rhs(t + h0, y0 + h0[:, None] * f0, k)
+        d2 = _rms((f1 - f0) / sc) / h0
+        big = torch.maximum(d1, d2)
+        h1 = torch.where(big <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / big) ** (1.0 / (order + 1)))
+        h = torch.minimum(100 * h0, h1)
+    h = h.cpu().numpy()
+    h = np.where(np.isfinite(h) & (h > 0), h, 1e-6)
+    return np.minimum(h, span if span > 0 else 1.0)
+
+
+def _coefficients(tab: RosenbrockTableau, like: torch.Tensor) -> list[torch.Tensor | None]:
+    """Per stage ``i``: an (i, 2) tensor with columns ``A[i, :i]`` and ``C[i, :i]``."""
+    out: list[torch.Tensor | None] = [None]
+    for i in range(1, tab.stages):
+        out.append(torch.as_tensor(np.stack([tab.A[i, :i], tab.C[i, :i]], axis=-1),
+                                   dtype=like.dtype, device=like.device))
+    return out
+
+
+def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h):
+    """One Rosenbrock step of size ``h`` (B,) from ``(t, y)``: returns (y_new, error).
+
+    Written for few torch operations per stage: earlier stages are combined with one
+    matmul, and the stage matrix is inverted once (a matmul per stage, not a solve)."""
+    _, _, c, d, _ = tab.coefficients
+    hc = h[:, None]
+    inv_h = 1.0 / hc
+    w = torch.diag_embed((inv_h / tab.gamma).expand(y.shape)) - jac(t, y, k)
+    w_inv_t = torch.linalg.inv(w).transpose(-1, -2)
+    ft = dfdt(t, y, k) if dfdt is not None else None
+    stages: list[torch.Tensor] = []
+    yi = y
+    for i in range(tab.stages):
+        ti = t if (dfdt is None or c[i] == 0.0) else t + c[i] * h
+        if i == 0:
+            rhs_i = rhs(ti, y, k)
+        else:
+            mix = torch.stack(stages, dim=-1) @ coef[i]  # (B, S, 2)
+            yi = y + mix[..., 0]
+            rhs_i = rhs(ti, yi, k) + mix[..., 1] * inv_h
+        if ft is not None and d[i] != 0.0:
+            rhs_i = rhs_i + (d[i] * hc) * ft
+        stages.append((rhs_i.unsqueeze(-2) @ w_inv_t).squeeze(-2))
+    # Stiffly accurate: the solution is the last stage's input plus the last stage.
+    return yi + stages[-1], stages[-1]
+
+
+def rosenbrock_solve(
+    rhs: Callable, jac: Callable, dfdt: Callable | None, ts: torch.Tensor, t0: float,
+    y0: torch.Tensor, k: torch.Tensor, *, rtol: float = 1e-8, atol: float = 1e-10,
+    max_steps: int = 100_000, dt0: float | None = None, tableau: RosenbrockTableau = RODAS5,
+):
+    """Solve ``dy/dt = rhs(t, y, k)`` from ``(t0, y0)`` and save at ``ts`` (see the module
+    docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems."""
+    b, n_t = y0.shape[0], int(ts.shape[0])
+    dev, dt = y0.device, y0.dtype
+    ts_np = ts.detach().cpu().numpy().astype(np.float64)
+    t = np.full(b, float(t0))
+    span = float(ts_np[-1] - t0) if n_t else 0.0
+    h = np.full(b, float(dt0)) if dt0 else _initial_step(
+        rhs, t0, y0, k, rtol, atol, tableau.order, span)
+    expo = -1.0 / (tableau.error_order + 1)
+    status = np.zeros(b, dtype=np.int64)
+    attempts = np.zeros(b, dtype=np.int64)
+    accepted = np.zeros(b, dtype=np.int64)
+    snaps = [y0]
+    snap_idx = np.full((b, n_t), -1, dtype=np.int64)
+    nxt = np.zeros(b, dtype=np.int64)
+    _advance_saves(nxt, snap_idx, ts_np, t, np.ones(b, bool), 0)
+    y = y0
+    coef = _coefficients(tableau, y0)
+    nonfinite = np.zeros(b, dtype=bool)
+    while True:
+        active = (nxt < n_t) & (status == 0)
+        if not active.any():
+            break
+        t_target = ts_np[np.minimum(nxt, n_t - 1)]
+        h_try = np.where(active, np.minimum(h, t_target - t), 1.0)
+        clipped = active & (h >= t_target - t)
+        th = torch.as_tensor(t, dtype=dt, device=dev)
+        hh = torch.as_tensor(h_try, dtype=dt, device=dev)
+        y_new, err = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh)
+        with torch.no_grad():
+            sc = atol + rtol * torch.maximum(y.abs(), y_new.abs())
+            e = _rms(err / sc).cpu().numpy()
+        finite = np.isfinite(e)
+        accept = active & finite & (e <= 1.0)
+        nonfinite = np.where(active, ~finite, nonfinite)
+        attempts += active
+        if accept.any():
+            if torch.is_grad_enabled() and (active & ~finite).any():
+                # Keep NaN/inf from rejected members out of the gradient graph.
+                idx = torch.as_tensor(np.flatnonzero(accept), device=dev)
+                y_sub, _ = _attempt(tableau, coef, rhs, jac, dfdt, th[idx], y[idx], k[idx], hh[idx])
+                y = y.index_put((idx,), y_sub)
+            else:
+                y = torch.where(torch.as_tensor(accept, device=dev)[:, None], y_new, y)
+            t = np.where(accept, np.where(clipped, t_target, t + h_try), t)
+            accepted += accept
+            hit = accept & clipped
+            if hit.any():
+                snaps.append(y)
+                _advance_saves(nxt, snap_idx, ts_np, t, hit, len(snaps) - 1)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            factor = np.clip(SAFETY * np.where(e > 0, e, 1e-10) ** expo, FACTOR_MIN, FACTOR_MAX)
+        factor = np.where(finite, factor, 0.25)
+        factor = np.where(accept, factor, np.minimum(factor, 1.0))
+        h_next = h_try * factor
+        h = np.where(active, np.where(accept & clipped, np.maximum(h_next, h), h_next), h)
+        too_small = active & ~accept & (h < 1e-14 * np.maximum(np.abs(t), 1e-300))
+        status = np.where(too_small, np.where(nonfinite, 2, 3), status)
+        status = np.where(active & (status == 0) & (attempts >= max_steps) & (nxt < n_t),
+                          1, status)
+    snaps.append(torch.full_like(y0, math.nan))
+    snap_idx = np.where(snap_idx < 0, len(snaps) - 1, snap_idx)
+    stacked = torch.stack(snaps)  # (n_snaps, B, S)
+    rows = torch.arange(b, device=dev)[:, None]
+    ys = stacked[torch.as_tensor(snap_idx, device=dev), rows]
+    return ys, status, accepted
+
+
+def _advance_saves(nxt, snap_idx, ts_np, t, members, snap) -> None:
+    """Record snapshot ``snap`` for every save time that ``members`` have now reached."""
+    n_t = len(ts_np)
+    for m in np.flatnonzero(members):
+        while nxt[m] < n_t and ts_np[nxt[m]] <= t[m]:
+            snap_idx[m, nxt[m]] = snap
+            nxt[m] += 1
+
+
+def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
+                   k: torch.Tensor, *, method: str = "dopri5", rtol: float = 1e-8,
+                   atol: float = 1e-10, max_steps: int = 100_000, dt0: float | None = None,
+                   adjoint: bool = False):
+    """Solve with torchdiffeq (one shared step size for the batch). A failure fails every
+    member: status 1 (max_steps) or 3 (step size underflow or another solver error)."""
+    import torchdiffeq
+
+    b = y0.shape[0]
+    t_all, inverse = torch.unique(torch.cat([ts.new_tensor([float(t0)]), ts]),
+                                  return_inverse=True)
+    if t_all.shape[0] == 1:
+        ys = y0[:, None, :].expand(b, ts.shape[0], y0.shape[-1])
+        return ys, np.zeros(b, np.int64), np.zeros(b, np.int64)
+    options = {"max_num_steps": int(max_steps)}
+    if dt0:
+        options["first_step"] = float(dt0)
+
+    def func(t, y):
+        return rhs(t, y, k)
+
+    solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    extra = {"adjoint_params": (k,), "adjoint_options": {"norm": "seminorm"}} if adjoint else {}
+    try:
+        sol = solve(func, y0, t_all, rtol=rtol, atol=atol, method=method, options=options,
+                    **extra)
+    except AssertionError as exc:
+        code = 1 if "max_num_steps" in str(exc) else 3
+        ys = torch.full((b, ts.shape[0], y0.shape[-1]), math.nan, dtype=y0.dtype,
+                        device=y0.device)
+        return ys, np.full(b, code, np.int64), np.full(b, -1, np.int64)
+    ys = sol[inverse[1:]].transpose(0, 1)  # (T, B, S) -> (B, T, S)
+    finite = torch.isfinite(ys).all(dim=(1, 2)).cpu().numpy()
+    return ys, np.where(finite, 0, 2).astype(np.int64), np.full(b, -1, np.int64)

@@ -1,0 +1,369 @@
+"""Run the SBML Test Suite's semantic cases through kinabs and check them.
+
+Each case is read with :func:`kinabs.load_sbml`, simulated with :func:`kinabs.simulate`
+at the case's output times, and compared with the case's reference results under its own
+``absolute``/``relative`` tolerances. One line is printed per case, then per-tag counts and
+one summary line per tier, e.g. ``tier core on jax: 690 passed, 31 failed, 0 unsupported``.
+
+Usage::
+
+    python -m conformance.sbml_test_suite --backend jax --tier core --jobs 2
+    python -m conformance.sbml_test_suite --cases 1-20,1105 --out results.json
+
+Outcomes: ``pass``; ``unsupported: <feature>`` when kinabs raises
+:class:`kinabs.UnsupportedFeatureError` (it refuses rather than answering wrongly);
+``fail: <why>`` for a wrong answer, any other exception, a failed solve or a timeout.
+The exit status is 1 when a case fails that ``expected_failures.tsv`` does not list.
+
+Example:
+    >>> from conformance.sbml_test_suite import run_case, read_index, default_suite_dir
+    >>> info = read_index(default_suite_dir())["00001"]
+    >>> run_case(info).outcome  # doctest: +SKIP
+    'pass'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from conformance._suite_data import (
+    TIERS,
+    CaseInfo,
+    Settings,
+    compare,
+    default_suite_dir,
+    parse_case_list,
+    read_index,
+    read_results,
+    read_settings,
+    tier_members,
+)
+
+__all__ = ["CaseResult", "run_case", "run_cases", "summary_lines", "tag_counts",
+           "expected_failures", "solver_options", "main", "read_index", "default_suite_dir"]
+
+EXPECTED_FAILURES_FILE = Path(__file__).with_name("expected_failures.tsv")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What happened to one case. ``ratio``: worst error over tolerance (NaN if none)."""
+
+    case: str
+    tier: str
+    outcome: str  # "pass", "fail" or "unsupported"
+    detail: str = ""
+    ratio: float = float("nan")
+    seconds: float = 0.0
+    tags: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """The one line printed for this case."""
+        if self.outcome == "pass":
+            text = f"pass (worst error {self.ratio:.2g} x tolerance)"
+        else:
+            text = f"{self.outcome}: {self.detail}"
+        return f"{self.case} {self.tier:<8} {text} [{self.seconds:.1f} s]"
+
+
+def solver_options(settings: Settings):
+    """Tight solver options for a case: far inside the case's own tolerances."""
+    import kinabs
+
+    atol = min(1e-12, settings.absolute * 1e-6)
+    return kinabs.SolverOptions(method="auto", rtol=1e-10, atol=atol, max_steps=200_000)
+
+
+def _output(model, variable: str, settings: Settings):
+    import kinabs
+
+    if variable in model.species:
+        if variable in settings.amount:
+            return kinabs.amount(variable)
+        if variable in settings.concentration:
+            return kinabs.concentration(variable)
+    return variable
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_case(info: CaseInfo, suite_dir: Path | None = None, backend: str = "jax"
+             ) -> CaseResult:
+    """Run one case in this process; never raises for a kinabs or simulation problem."""
+    import kinabs
+
+    start = time.perf_counter()
+    folder = Path(suite_dir or default_suite_dir()) / "semantic" / info.case
+
+    def result(outcome: str, detail: str = "", ratio: float = float("nan")) -> CaseResult:
+        return CaseResult(info.case, info.tier, outcome, detail, ratio,
+                          time.perf_counter() - start, info.tags)
+
+    if info.test_type != "TimeCourse":
+        return result("unsupported", f"testType {info.test_type}")
+    try:
+        settings = read_settings(folder / f"{info.case}-settings.txt")
+        ref_times, columns = read_results(folder / f"{info.case}-results.csv")
+        model = kinabs.load_sbml(folder / info.sbml_file)
+        outputs = [_output(model, v, settings) for v in settings.variables]
+        sim = kinabs.simulate(model, settings.times, outputs=outputs, t0=min(0.0, settings.start),
+                              solver=solver_options(settings), backend=backend,
+                              on_failure="nan")
+    except kinabs.UnsupportedFeatureError as exc:
+        return result("unsupported", exc.feature)
+    except Exception as exc:  # any other error is a failure of this case, not of the run
+        return result("fail", _first_line(f"{type(exc).__name__}: {exc}"))
+    if len(ref_times) != len(settings.times) or not np.allclose(ref_times, settings.times):
+        return result("fail", "the results file's times differ from the settings' times")
+    missing = [v for v in settings.variables if v not in columns]
+    if missing:
+        return result("fail", f"the results file lacks columns {missing}")
+    expected = np.stack([columns[v] for v in settings.variables], axis=1)
+    got = sim.values[0]
+    cmp = compare(expected, got, settings.absolute, settings.relative)
+    if cmp.passed:
+        return result("pass", ratio=cmp.ratio)
+    status = "" if sim.ok else f"; solver status {sim.status[0]}"
+    detail = (f"max error {cmp.error:.3g} ({cmp.ratio:.3g} x tolerance) in "
+              f"{settings.variables[cmp.column]} at t={settings.times[cmp.row]:g}: expected "
+              f"{cmp.expected:.6g}, got {cmp.actual:.6g}{status}")
+    return result("fail", detail, cmp.ratio)
+
+
+# -- running many cases ---------------------------------------------------------------------
+def _worker_main(wid: int, inbox, outbox, suite_dir: str, backend: str) -> None:
+    # Small systems: one thread per worker is fastest and keeps workers from competing.
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                                       "intra_op_parallelism_threads=1")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import kinabs
+
+    kinabs.get_backend(backend)
+    outbox.put(("ready", wid, None))
+    while (info := inbox.get()) is not None:
+        outbox.put(("done", wid, run_case(info, Path(suite_dir), backend)))
+
+
+class _Pool:
+    """Spawned worker processes, one case at a time each, killed when a case overruns."""
+
+    def __init__(self, jobs: int, suite_dir: Path, backend: str, max_tasks: int):
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("spawn")
+        self.outbox = self.ctx.Queue()
+        self.args = (str(suite_dir), backend)
+        self.max_tasks = max_tasks
+        self.next_id = 0
+        self.workers: dict[int, dict] = {}
+        for _ in range(jobs):
+            self.spawn()
+
+    def spawn(self) -> None:
+        wid, self.next_id = self.next_id, self.next_id + 1
+        inbox = self.ctx.Queue()
+        proc = self.ctx.Process(target=_worker_main, args=(wid, inbox, self.outbox, *self.args),
+                                daemon=True)
+        proc.start()
+        self.workers[wid] = {"proc": proc, "inbox": inbox, "case": None, "deadline": 0.0,
+                             "done": 0}
+
+    def retire(self, wid: int, kill: bool = False) -> None:
+        w = self.workers.pop(wid)
+        if kill:
+            w["proc"].kill()
+        else:
+            w["inbox"].put(None)
+        w["proc"].join(timeout=10)
+        self.spawn()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w["proc"].kill()
+            w["proc"].join(timeout=10)
+        self.workers.clear()
+
+
+def run_cases(infos: list[CaseInfo], *, suite_dir: Path | None = None, backend: str = "jax",
+              jobs: int = 2, timeout: float = 60.0, max_tasks: int = 150,
+              on_result=None) -> list[CaseResult]:
+    """Run cases, ``jobs`` at a time in spawned processes (``jobs=0``: in this process,
+    without a timeout). ``on_result(result)`` is called as each case finishes."""
+    suite_dir = Path(suite_dir or default_suite_dir())
+    results: list[CaseResult] = []
+
+    def record(r: CaseResult) -> None:
+        results.append(r)
+        if on_result:
+            on_result(r)
+
+    if jobs <= 0:
+        for info in infos:
+            record(run_case(info, suite_dir, backend))
+        return results
+    pending = deque(infos)
+    pool = _Pool(min(jobs, max(1, len(infos))), suite_dir, backend, max_tasks)
+    try:
+        while len(results) < len(infos):
+            try:
+                kind, wid, payload = pool.outbox.get(timeout=0.5)
+            except queue.Empty:
+                kind = None
+            if kind and wid in pool.workers:
+                w = pool.workers[wid]
+                if kind == "done":
+                    record(payload)
+                    w["case"], w["done"] = None, w["done"] + 1
+                if w["done"] >= max_tasks:
+                    pool.retire(wid)
+                elif pending:
+                    w["case"], w["deadline"] = pending.popleft(), time.monotonic() + timeout
+                    w["inbox"].put(w["case"])
+            for wid, w in list(pool.workers.items()):
+                info = w["case"]
+                if info is None:
+                    if not w["proc"].is_alive():
+                        raise RuntimeError(f"a worker process failed to start (exit code "
+                                           f"{w['proc'].exitcode}); run with --jobs 0 to see why")
+                    continue
+                overdue = time.monotonic() > w["deadline"]
+                if overdue or not w["proc"].is_alive():
+                    why = (f"timeout after {timeout:g} s" if overdue else
+                           f"worker process died (exit code {w['proc'].exitcode})")
+                    record(CaseResult(info.case, info.tier, "fail", why, seconds=timeout,
+                                      tags=info.tags))
+                    pool.retire(wid, kill=True)
+    finally:
+        pool.close()
+    return results
+
+
+# -- reports --------------------------------------------------------------------------------
+def summary_lines(results: list[CaseResult], index: dict[str, CaseInfo], backend: str,
+                  tiers: tuple[str, ...]) -> list[str]:
+    """One ``tier <t> on <backend>: P passed, F failed, U unsupported`` line per tier."""
+    lines = []
+    for tier in tiers:
+        counts = Counter(r.outcome for r in results if tier_members(tier, index[r.case]))
+        lines.append(f"tier {tier} on {backend}: {counts['pass']} passed, {counts['fail']} "
+                     f"failed, {counts['unsupported']} unsupported")
+    return lines
+
+
+def tag_counts(results: list[CaseResult]) -> dict[str, dict[str, int]]:
+    """Tag -> {"pass": n, "fail": n, "unsupported": n} over the cases carrying the tag."""
+    out: dict[str, Counter] = {}
+    for r in results:
+        for tag in r.tags:
+            out.setdefault(tag, Counter())[r.outcome] += 1
+    return {t: {k: c[k] for k in ("pass", "fail", "unsupported")} for t, c in sorted(out.items())}
+
+
+def expected_failures(backend: str, path: Path = EXPECTED_FAILURES_FILE) -> dict[str, str]:
+    """Case -> reason, for the cases known to fail on ``backend`` (``expected_failures.tsv``:
+    ``backend<TAB>case<TAB>reason`` lines; ``#`` starts a comment)."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, case, reason = (line.split("\t") + ["", ""])[:3]
+                if name == backend:
+                    out[case.strip()] = reason.strip()
+    return out
+
+
+def _write_out(path: Path, results: list[CaseResult], summary: list[str]) -> None:
+    rows = sorted(results, key=lambda r: r.case)
+    if path.suffix == ".json":
+        doc = {"summary": summary, "tags": tag_counts(rows),
+               "cases": [{**asdict(r), "ratio": None if np.isnan(r.ratio) else r.ratio}
+                         for r in rows]}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        return
+    lines = ["case\ttier\toutcome\tratio\tseconds\tdetail"]
+    lines += [f"{r.case}\t{r.tier}\t{r.outcome}\t{r.ratio:.3g}\t{r.seconds:.2f}\t{r.detail}"
+              for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _check_backend(name: str) -> str | None:
+    import kinabs
+
+    try:
+        kinabs.get_backend(name)
+    except Exception as exc:  # a missing or half-written backend: say so, run nothing
+        return (f"the {name} backend is not available here ({type(exc).__name__}: {exc}). "
+                "Install it (see the README) or choose another with --backend.")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m conformance.sbml_test_suite",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="jax", choices=("jax", "torch"))
+    ap.add_argument("--tier", choices=TIERS, default=None,
+                    help="core (721 cases), basic (1033, includes core) or all (1823); "
+                         "default core, or all when --cases is given")
+    ap.add_argument("--cases", help="case numbers and ranges, e.g. 1-20,1105")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes (0: run in this process, without timeouts)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
+    ap.add_argument("--out", type=Path, help="write per-case results (.json, else TSV)")
+    ap.add_argument("--suite", type=Path, default=None,
+                    help="the sbml-test-suite folder (default: $KINABS_SBML_TEST_SUITE or "
+                         "../shared/sbml-test-suite)")
+    args = ap.parse_args(argv)
+
+    suite = args.suite or default_suite_dir()
+    if not (suite / "cases-index.tsv").exists():
+        print(f"error: no cases-index.tsv in {suite}; pass --suite", file=sys.stderr)
+        return 2
+    problem = _check_backend(args.backend)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    index = read_index(suite)
+    tier = args.tier or ("all" if args.cases else "core")
+    wanted = parse_case_list(args.cases) if args.cases else list(index)
+    unknown = [c for c in wanted if c not in index]
+    if unknown:
+        print(f"error: unknown case(s) {unknown[:10]}", file=sys.stderr)
+        return 2
+    infos = [index[c] for c in wanted if tier_members(tier, index[c])]
+
+    def show(r: CaseResult) -> None:
+        print(r.line(), flush=True)
+
+    results = run_cases(infos, suite_dir=suite, backend=args.backend, jobs=args.jobs,
+                        timeout=args.timeout, on_result=show)
+    print("\nper tag (passed / failed / unsupported):")
+    for tag, c in tag_counts(results).items():
+        print(f"  {tag:<32} {c['pass']:>5} {c['fail']:>5} {c['unsupported']:>5}")
+    known = expected_failures(args.backend)
+    new = sorted(r.case for r in results if r.outcome == "fail" and r.case not in known)
+    if new:
+        print(f"\nfailures not in {EXPECTED_FAILURES_FILE.name}: {', '.join(new)}")
+    summary = summary_lines(results, index, args.backend, TIERS[: TIERS.index(tier) + 1])
+    if args.out:
+        _write_out(args.out, results, summary)
+    print()
+    print("\n".join(summary))
+    return 1 if new else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Training data: one or several experiments of measured species over time.
+
+NaN means *missing*: it is masked and contributes nothing to a loss. Each experiment has
+its own time points and starts at its first time point from its own initial values (by
+default the finite values of its first row, as the seed does; other species keep the
+model's initial values).
+
+Example:
+    >>> import kinabs
+    >>> data = kinabs.TrainingData.from_csv(kinabs.example_data_path())
+    >>> data.species, len(data.experiments[0].times)
+    (('php', 'pser'), 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kinabs._errors import DataError
+
+__all__ = ["Experiment", "TrainingData"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One time course. ``values`` has shape (times, species) with NaN for missing.
+
+    ``initial`` maps species ids to initial values at ``times[0]`` (the species' own units);
+    ``None`` takes the finite values of the first row."""
+
+    times: np.ndarray
+    values: np.ndarray
+    species: tuple[str, ...]
+    initial: Mapping[str, float] | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        times = np.asarray(self.times, dtype=np.float64)
+        values = np.asarray(self.values, dtype=np.float64)
+        where = f"experiment {self.name!r}" if self.name else "experiment"
+        if times.ndim != 1 or times.size == 0:
+            raise DataError(f"{where}: times must be a non-empty 1-D array; got shape "
+                            f"{times.shape}.")
+        if values.ndim != 2 or values.shape != (times.size, len(self.species)):
+            raise DataError(
+                f"{where}: values must have shape (times, species) = ({times.size}, "
+                f"{len(self.species)}); got {values.shape}."
+            )
+        if len(set(self.species)) != len(self.species):
+            dup = sorted({s for s in self.species if list(self.species).count(s) > 1})
+            raise DataError(f"{where}: species columns appear twice: {dup}.")
+        if not np.all(np.isfinite(times)):
+            raise DataError(f"{where}: times must be finite; row {int(np.argmin(np.isfinite(times)))} "
+                            "is NaN or inf.")
+        if np.any(times < 0):
+            raise DataError(f"{where}: times must not be negative; row "
+                            f"{int(np.argmax(times < 0))} has time {times[times < 0][0]}.")
+        d = np.diff(times)
+        if np.any(d < 0):
+            i = int(np.argmax(d < 0))
+            raise DataError(f"{where}: times must be sorted increasing; row {i + 1} (time "
+                            f"{times[i + 1]}) comes after time {times[i]}. Sort the table.")
+        if np.any(d == 0):
+            i = int(np.argmax(d == 0))
+            raise DataError(f"{where}: time {times[i]} appears twice (rows {i} and {i + 1}); "
+                            "merge or remove the duplicate row.")
+        if np.any(np.isinf(values)):
+            raise DataError(f"{where}: values must be finite or NaN (missing); found inf.")
+        if not np.any(np.isfinite(values)):
+            raise DataError(f"{where}: every value is missing (NaN); nothing to fit.")
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "values", values)
+        if self.initial is None:
+            first = {s: float(v) for s, v in zip(self.species, values[0]) if np.isfinite(v)}
+            object.__setattr__(self, "initial", first)
+        else:
+            init = {str(k): float(v) for k, v in self.initial.items()}
+            bad = [k for k, v in init.items() if not np.isfinite(v)]
+            if bad:
+                raise DataError(f"{where}: initial values must be finite; got NaN/inf for {bad}.")
+            object.__setattr__(self, "initial", init)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """True where a value was measured."""
+        return np.isfinite(self.values)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Experiments fitted together. Build with :meth:`from_csv`, :meth:`from_frame`,
+    :meth:`from_arrays`, or from a list of :class:`Experiment`."""
+
+    experiments: tuple[Experiment, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        exps = tuple(self.experiments)
+        if not exps:
+            raise DataError("training data has no experiments; give at least one table.")
+        object.__setattr__(self, "experiments", exps)
+
+    @property
+    def species(self) -> tuple[str, ...]:
+        """Every species measured in any experiment (first-seen order)."""
+        seen: dict[str, None] = {}
+        for e in self.experiments:
+            for s in e.species:
+                seen.setdefault(s, None)
+        return tuple(seen)
+
+    # -- constructors ----------------------------------------------------------
+    @classmethod
+    def from_frame(cls, frame: Any, *, initial: Mapping[str, float] | None = None,
+                   name: str = "") -> TrainingData:
+        """One experiment from a DataFrame: index = time, one column per species."""
+        import pandas as pd
+
+        if not isinstance(frame, pd.DataFrame):
+            raise DataError(f"expected a pandas DataFrame; got {type(frame).__name__}.")
+        if frame.shape[0] == 0 or frame.shape[1] == 0:
+            raise DataError(f"the data table {name!r} is empty (shape {frame.shape}); it needs "
+                            "rows (time points) and species columns.")
+        try:
+            times = np.asarray(frame.index, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"the time column (index) of {name or 'the table'} must be numbers: "
+                            f"{exc}") from None
+        cols = [str(c) for c in frame.columns]
+        try:
+            values = frame.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            for c in frame.columns:
+                try:
+                    np.asarray(frame[c], dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise DataError(f"column '{c}' of {name or 'the table'} has values that "
+                                    "are not numbers; use NaN (empty cell) for missing.") from None
+            raise
+        return cls((Experiment(times, values, tuple(cols), initial=initial, name=name),))
+
+    @classmethod
+    def from_csv(cls, path: str | Path | Sequence[str | Path], **kwargs: Any) -> TrainingData:
+        """Experiments from CSV files: first column time, one column per species id."""
+        import pandas as pd
+
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        exps: list[Experiment] = []
+        for p in paths:
+            p = Path(p)
+            if not p.is_file():
+                raise DataError(f"data file not found: {p}")
+            try:
+                frame = pd.read_csv(p, index_col=0)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+                raise DataError(f"cannot read {p} as CSV: {exc}") from None
+            exps += cls.from_frame(frame, name=p.stem, **kwargs).experiments
+        return cls(tuple(exps))
+
+    @classmethod
+    def from_arrays(cls, times: Any, values: Any, species: Sequence[str], *,
+                    initial: Mapping[str, float] | None = None) -> TrainingData:
+        """One experiment from arrays: ``values`` (times, species) or a list of several
+        experiments as ``times=[t1, t2]``, ``values=[v1, v2]``."""
+        if isinstance(times, (list, tuple)) and times and np.ndim(times[0]) == 1:
+            return cls(tuple(Experiment(t, v, tuple(species), initial=initial, name=f"exp{i}")
+                             for i, (t, v) in enumerate(zip(times, values))))
+        return cls((Experiment(times, values, tuple(species), initial=initial),))
+
+    @classmethod
+    def coerce(cls, data: Any) -> TrainingData:
+        """Accept TrainingData, a DataFrame, a CSV path, or a list of those."""
+        import pandas as pd
+
+        if isinstance(data, TrainingData):
+            return data
+        if isinstance(data, Experiment):
+            return cls((data,))
+        if isinstance(data, pd.DataFrame):
+            return cls.from_frame(data)
+        if isinstance(data, (str, Path)):
+            return cls.from_csv(data)
+        if isinstance(data, (list, tuple)) and data:
+            exps: list[Experiment] = []
+            for i, d in enumerate(data):
+                sub = cls.coerce(d).experiments
+                exps += [e if e.name else Experiment(e.times, e.values, e.species, e.initial,
+                                                     name=f"exp{i}") for e in sub]
+            return cls(tuple(exps))
+        raise DataError(
+            "data must be kinabs.TrainingData, a pandas DataFrame (index = time, columns = "
+            f"species), a CSV path, or a list of these; got {type(data).__name__}."
+        )
+
+    def check_against(self, system: Any) -> None:
+        """Raise DataError if a column names no species of the model, or an initial value
+        names a species whose start value cannot be set."""
+        model = system.model
+        for e in self.experiments:
+            where = f"experiment {e.name!r}: " if e.name else ""
+            for s in e.species:
+                if s not in model.species:
+                    raise DataError(
+                        f"{where}data column '{s}' is not a species of model "
+                        f"'{model.id}'. Its species are: {list(model.species)[:25]}. Rename "
+                        "or drop the column."
+                    )
+            for s in (e.initial or {}):
+                if s not in model.species:
+                    raise DataError(f"{where}initial value for '{s}', which is not a species.")
+                if s not in system.state_index and s not in system.parameter_index:
+                    raise DataError(
+                        f"{where}species '{s}' gets its value from a rule, so its initial "
+                        "value cannot be set from data; drop it from the first row or pass "
+                        "initial= explicitly."
+                    )

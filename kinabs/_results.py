@@ -1,0 +1,177 @@
+"""What a fit returns: tables, save/load, plots.
+
+:class:`TrainingResults` unpacks like the seed's return value
+(``optimized_parameters, loss_per_iteration = trainer.train()``) and carries the same
+data as tables: initial and final parameters per initialisation, the loss history
+(inits x iterations), the status of each initialisation and the best fit.
+
+Example:
+    >>> import numpy as np, pandas as pd
+    >>> from kinabs._results import TrainingResults
+    >>> r = TrainingResults(parameters=pd.DataFrame({"k": [1.0, 2.0]}),
+    ...     initial_parameters=pd.DataFrame({"k": [0.5, 3.0]}),
+    ...     loss_history=np.array([[1.0, 0.1], [2.0, 0.5]]), status=["ok", "ok"],
+    ...     final_loss=np.array([0.05, 0.4]))
+    >>> r.best_index, r.best_parameters
+    (0, {'k': 1.0})
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kinabs._problem import FIT_STATUS
+
+__all__ = ["TrainingResults"]
+
+
+@dataclass
+class TrainingResults:
+    """Results of :meth:`kinabs.Trainer.train` (see the module docstring)."""
+
+    parameters: Any  # DataFrame (inits x parameters), final, linear values
+    initial_parameters: Any  # DataFrame, the starts
+    loss_history: np.ndarray  # (inits, iterations), NaN after a start stopped or failed
+    status: list[str]
+    final_loss: np.ndarray  # (inits,) loss at the final parameters
+    restarts: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    _state: Any = field(default=None, repr=False)
+    _program: Any = field(default=None, repr=False)
+    _trainer: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_run(cls, *, trainer, initial, final, losses, status, final_loss, restarts,
+                 seconds) -> TrainingResults:
+        import pandas as pd
+
+        names = list(trainer.parameters)
+        st = [FIT_STATUS.get(int(s), "failed") for s in status]
+        final_loss = np.where(np.asarray(status) == 0, final_loss, np.nan)
+        meta = dict(model=trainer.model.id, model_fingerprint=trainer.model.fingerprint(),
+                    backend=trainer.backend_name, optim_space=trainer.optim_space,
+                    n_iter=int(losses.shape[1]), seconds=float(seconds),
+                    solver=repr(trainer.solver), adjoint=repr(trainer.adjoint))
+        return cls(parameters=pd.DataFrame(final, columns=names),
+                   initial_parameters=pd.DataFrame(initial, columns=names),
+                   loss_history=np.asarray(losses, dtype=float), status=st,
+                   final_loss=np.asarray(final_loss, dtype=float),
+                   restarts=np.asarray(restarts), meta=meta, _trainer=trainer)
+
+    # -- the seed's view ------------------------------------------------------------
+    def __iter__(self):
+        """``optimized_parameters, loss_per_iteration = results`` as in the seed:
+        ``{init: {name: value}}`` and an (inits, iterations) array."""
+        yield self.optimized_parameters
+        yield self.loss_history
+
+    @property
+    def optimized_parameters(self) -> dict[int, dict[str, float]]:
+        return {i: {k: float(v) for k, v in row.items()}
+                for i, row in self.parameters.iterrows()}
+
+    # -- summaries --------------------------------------------------------------------
+    @property
+    def best_index(self) -> int:
+        """Index of the initialisation with the lowest final loss."""
+        fl = np.where(np.isfinite(self.final_loss), self.final_loss, np.inf)
+        return int(np.argmin(fl))
+
+    @property
+    def best_loss(self) -> float:
+        return float(self.final_loss[self.best_index])
+
+    @property
+    def best_parameters(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.parameters.iloc[self.best_index].items()}
+
+    def summary(self, top: int | None = 10):
+        """A table of the starts, best first: final loss, status, iterations run."""
+        import pandas as pd
+
+        ran = np.sum(np.isfinite(self.loss_history), axis=1)
+        df = pd.DataFrame({"final_loss": self.final_loss, "status": self.status,
+                           "iterations": ran})
+        if self.restarts is not None:
+            df["restarts"] = self.restarts
+        df = pd.concat([df, self.parameters], axis=1)
+        df.index.name = "init"
+        df = df.sort_values("final_loss", na_position="last")
+        return df.head(top) if top else df
+
+    def __repr__(self) -> str:
+        n_ok = sum(s == "ok" for s in self.status)
+        return (f"TrainingResults(inits={len(self.status)}, ok={n_ok}, "
+                f"iterations={self.loss_history.shape[1]}, best_loss={self.best_loss:.4g})")
+
+    # -- rounds ---------------------------------------------------------------------------
+    def join(self, later: TrainingResults) -> TrainingResults:
+        """This round followed by ``later`` (same starts): loss histories concatenated."""
+        if later.loss_history.shape[0] != self.loss_history.shape[0]:
+            raise ValueError(f"cannot join results of {self.loss_history.shape[0]} and "
+                             f"{later.loss_history.shape[0]} initialisations.")
+        meta = dict(later.meta)
+        meta["n_iter"] = int(self.loss_history.shape[1] + later.loss_history.shape[1])
+        meta["seconds"] = float(self.meta.get("seconds", 0) + later.meta.get("seconds", 0))
+        return replace(later, initial_parameters=self.initial_parameters,
+                       loss_history=np.concatenate([self.loss_history, later.loss_history], 1),
+                       meta=meta)
+
+    # -- save / load ----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the results to ``folder`` (CSV tables and JSON) and return its path."""
+        import pandas as pd
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parameters.to_csv(folder / "parameters.csv", index_label="init")
+        self.initial_parameters.to_csv(folder / "initial_parameters.csv", index_label="init")
+        pd.DataFrame(self.loss_history).to_csv(folder / "loss_history.csv", index_label="init")
+        self.summary(top=None).to_csv(folder / "summary.csv")
+        info = dict(self.meta, status=self.status, final_loss=[_num(x) for x in self.final_loss],
+                    restarts=None if self.restarts is None else self.restarts.tolist(),
+                    best_index=self.best_index, best_parameters=self.best_parameters)
+        (folder / "results.json").write_text(json.dumps(info, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainingResults:
+        """Read results written by :meth:`save`."""
+        import pandas as pd
+
+        folder = Path(folder)
+        info = json.loads((folder / "results.json").read_text())
+        losses = pd.read_csv(folder / "loss_history.csv", index_col=0).to_numpy(dtype=float)
+        restarts = info.pop("restarts", None)
+        status = info.pop("status")
+        final_loss = np.asarray([np.nan if x is None else x for x in info.pop("final_loss")])
+        for key in ("best_index", "best_parameters"):
+            info.pop(key, None)
+        return cls(parameters=pd.read_csv(folder / "parameters.csv", index_col=0),
+                   initial_parameters=pd.read_csv(folder / "initial_parameters.csv",
+                                                  index_col=0),
+                   loss_history=losses, status=status, final_loss=final_loss,
+                   restarts=None if restarts is None else np.asarray(restarts), meta=info)
+
+    # -- plots ------------------------------------------------------------------------------
+    def plot_loss(self, path: str | Path | None = None, *, ax: Any = None):
+        """Loss per iteration of every initialisation on a log scale (PNG if ``path``)."""
+        from kinabs._plots import plot_loss
+
+        return plot_loss(self, path=path, ax=ax)
+
+    def plot_fit(self, path: str | Path | None = None, *, model: Any = None, data: Any = None,
+                 index: int | None = None):
+        """Data points against the simulated curves of the best fit (or start ``index``)."""
+        from kinabs._plots import plot_fit
+
+        return plot_fit(self, path=path, model=model, data=data, index=index)
+
+
+def _num(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)

@@ -1,0 +1,350 @@
+"""The Trainer: multi-start fits of a model to time-course data, on any backend.
+
+It keeps the seed's workflow (``Trainer(model=..., data=..., n_iter=...)``,
+``latinhypercube_sampling``, ``parameter_sets``, ``train()``, further rounds) and adds
+seeds, typed options, statuses, joined rounds and saved results. The per-iteration work
+runs in one compiled program per backend that trains every initialisation together.
+
+Example:
+    >>> import kinabs
+    >>> model = kinabs.load_sbml(kinabs.example_model_path())
+    >>> trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=5,
+    ...                          progress=False)
+    >>> sets = trainer.latinhypercube_sampling(model.parameter_values(), lower_bound=0.5,
+    ...                                        upper_bound=2, N=2, seed=0)
+    >>> optimized_parameters, loss_per_iteration = trainer.train()
+    >>> loss_per_iteration.shape
+    (2, 5)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kinabs._backend import get_backend, resolve_backend_name
+from kinabs._data import TrainingData
+from kinabs._errors import DataError
+from kinabs._options import AdjointOptions, SolverOptions
+from kinabs._problem import CustomLoss, ExperimentArrays, FitProblem
+from kinabs._results import TrainingResults
+from kinabs._sampling import latin_hypercube
+from kinabs._simulate import as_system
+
+__all__ = ["Trainer", "exponentiate_parameters", "log_transform_parameters"]
+
+_SPACES = ("log", "linear")
+
+
+def exponentiate_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """From log-space values (base 2, as the seed and kinabs' log space use) to linear."""
+    return {k: 2.0 ** v for k, v in params.items()}
+
+
+def log_transform_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """From linear values to log space (base 2)."""
+    return {k: math.log2(v) if isinstance(v, (int, float)) else np.log2(v)
+            for k, v in params.items()}
+
+
+class Trainer:
+    """Fit a model's parameters to data from many starting points at once.
+
+    Args:
+        model: a :class:`kinabs.Model` (from :func:`kinabs.load_sbml` or
+            :class:`kinabs.ModelBuilder`).
+        data: :class:`kinabs.TrainingData`, a DataFrame (index time, columns species), a CSV
+            path, or a list of those (several experiments fitted together).
+        n_iter: iterations per call of :meth:`train`.
+        backend: ``"jax"`` (default) or ``"torch"``.
+        optim_space: ``"log"`` (default; parameters optimised as log2 values, with the
+            seed's mean-centred loss) or ``"linear"`` (mean squared error).
+        optimizer: an optax GradientTransformation on JAX, a torch.optim class or factory
+            on torch. Default: AdaBelief, learning rate 1e-3, updates clipped to global norm
+            log(4) (the seed's default).
+        loss: a custom loss ``fn(params, ts, ys, [model], **loss_kwargs)`` (see
+            :class:`kinabs._problem.CustomLoss`); ``None`` takes the default of the space.
+        parameters: names of the parameters to fit (default: the model's kinetic
+            parameters, ``trainer.parameters``).
+        solver: :class:`kinabs.SolverOptions` (default: explicit Runge-Kutta with rtol
+            1e-8, atol 1e-10 and at most 20,000 steps; a start that needs more is marked
+            failed, see ``resample_failed``).
+        adjoint: :class:`kinabs.AdjointOptions` (default: recursive checkpointing).
+        loss_threshold: stop a start once its loss falls below this (``None``: never).
+        resample_failed: replace starts whose integration fails by new Latin hypercube
+            samples (from the last :meth:`latinhypercube_sampling` bounds) and go on.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        data: Any,
+        n_iter: int = 300,
+        *,
+        backend: str | None = None,
+        optim_space: str = "log",
+        optimizer: Any = None,
+        loss: Callable[..., Any] | None = None,
+        loss_kwargs: Mapping[str, Any] | None = None,
+        parameters: Sequence[str] | None = None,
+        solver: SolverOptions | None = None,
+        adjoint: AdjointOptions | None = None,
+        loss_threshold: float | None = None,
+        resample_failed: bool = False,
+        progress: bool = True,
+    ):
+        self.system = as_system(model)
+        self.model = self.system.model
+        self.data = TrainingData.coerce(data)
+        self.data.check_against(self.system)
+        self.backend_name = resolve_backend_name(backend)
+        self._backend = get_backend(self.backend_name)
+        if optim_space not in _SPACES:
+            raise DataError(f"optim_space must be one of {_SPACES}; got {optim_space!r}.")
+        self.optim_space = optim_space
+        self.n_iter = n_iter
+        names = list(parameters) if parameters is not None else list(
+            self.system.kinetic_parameters)
+        unknown = [n for n in names if n not in self.system.parameter_index]
+        if unknown:
+            raise DataError(f"unknown parameter name(s) {unknown}; fittable parameters are "
+                            f"{list(self.system.parameters)[:30]}.")
+        if not names:
+            raise DataError("the model has no parameters to fit; pass parameters=[...].")
+        self.parameters: list[str] = names
+        self.solver = solver or SolverOptions(max_steps=20_000)
+        if not isinstance(self.solver, SolverOptions):
+            raise DataError(f"solver must be kinabs.SolverOptions; got {type(solver).__name__}.")
+        self.adjoint = adjoint or AdjointOptions()
+        if not isinstance(self.adjoint, AdjointOptions):
+            raise DataError(f"adjoint must be kinabs.AdjointOptions; got {type(adjoint).__name__}.")
+        self._optimizer_key = "default" if optimizer is None else None
+        self.optimizer = optimizer if optimizer is not None else self._backend.default_optimizer()
+        self._default_optimizer = self.optimizer if optimizer is None else None
+        self._backend.check_optimizer(self.optimizer)
+        self._loss: CustomLoss | None = None
+        if loss is not None:
+            self._create_loss_func(loss, **dict(loss_kwargs or {}))
+        if loss_threshold is not None and not loss_threshold > 0:
+            raise DataError(f"loss_threshold must be positive or None; got {loss_threshold!r}.")
+        self.loss_threshold = loss_threshold
+        self.resample_failed = bool(resample_failed)
+        self.progress = progress
+        self._parameter_sets = None
+        self._bounds: dict[str, Any] | None = None
+        self._program = None
+        self._program_key = None
+        self.results: TrainingResults | None = None
+
+    # -- options that may change between rounds -----------------------------------
+    @property
+    def n_iter(self) -> int:
+        return self._n_iter
+
+    @n_iter.setter
+    def n_iter(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise DataError(f"n_iter must be an integer >= 1; got {value!r}.")
+        self._n_iter = int(value)
+
+    @property
+    def loss(self) -> CustomLoss | None:
+        """The custom loss (``None``: the default loss of the optimisation space)."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, fn: Callable[..., Any] | None) -> None:
+        self._loss = None if fn is None else CustomLoss(fn)
+
+    def _create_loss_func(self, loss_func: Callable[..., Any], **kwargs: Any) -> CustomLoss:
+        """Set a custom loss with extra keyword arguments (the seed's spelling)."""
+        self._loss = CustomLoss(loss_func, dict(kwargs))
+        return self._loss
+
+    @property
+    def parameter_sets(self):
+        """The initial parameter sets: a DataFrame, one row per initialisation (linear
+        values). Assign a DataFrame (or anything DataFrame() accepts) to replace them."""
+        return self._parameter_sets
+
+    @parameter_sets.setter
+    def parameter_sets(self, value: Any) -> None:
+        self._parameter_sets = None if value is None else self._check_sets(value)
+
+    def _check_sets(self, value: Any):
+        import pandas as pd
+
+        df = value if isinstance(value, pd.DataFrame) else pd.DataFrame(value)
+        if df.shape[0] == 0:
+            raise DataError("parameter_sets is empty; give at least one row.")
+        df = df.copy()
+        df.columns = [str(c) for c in df.columns]
+        unknown = [c for c in df.columns if c not in self.parameters]
+        if unknown:
+            raise DataError(f"parameter_sets has column(s) {unknown} that are not fitted "
+                            f"parameters; fitted parameters are {self.parameters[:30]}.")
+        defaults = self.system.parameter_vector()
+        for name in self.parameters:
+            if name not in df.columns:
+                df[name] = defaults[self.system.parameter_index[name]]
+        df = df[self.parameters].astype(float).reset_index(drop=True)
+        arr = df.to_numpy()
+        if not np.all(np.isfinite(arr)):
+            raise DataError("parameter_sets must hold finite numbers (found NaN or inf).")
+        if self.optim_space == "log" and np.any(arr <= 0):
+            bad = df.columns[np.any(arr <= 0, axis=0)].tolist()
+            raise DataError(f"log-space fitting needs positive parameters; {bad} have values "
+                            "<= 0. Use optim_space='linear' or positive starts.")
+        return df
+
+    # -- initial guesses ------------------------------------------------------------
+    def latinhypercube_sampling(self, base_parameters: Mapping[str, float], lower_bound: float,
+                                upper_bound: float, N: int, *, seed: int | None = None,
+                                log: bool = False):
+        """Latin hypercube samples between ``lower_bound`` and ``upper_bound`` times each
+        base value; sets and returns :attr:`parameter_sets`. ``seed`` makes it repeatable,
+        ``log=True`` samples log-uniformly."""
+        unknown = [k for k in base_parameters if k not in self.parameters]
+        if unknown:
+            raise DataError(f"base_parameters has unknown name(s) {unknown}; the fitted "
+                            f"parameters are {self.parameters[:30]}.")
+        base = dict(zip(self.parameters, self.system.parameter_vector()[
+            [self.system.parameter_index[n] for n in self.parameters]]))
+        base.update({k: float(v) for k, v in base_parameters.items()})
+        if self.optim_space == "log" and (lower_bound <= 0 or any(v <= 0 for v in base.values())):
+            raise DataError("in log space the bounds and base values must be positive; got "
+                            f"lower_bound={lower_bound} and base values "
+                            f"{[k for k, v in base.items() if v <= 0][:10]} <= 0.")
+        self._bounds = dict(base=base, lower_bound=lower_bound, upper_bound=upper_bound,
+                            log=log, seed=seed, draws=0)
+        self.parameter_sets = latin_hypercube(base, lower_bound=lower_bound,
+                                              upper_bound=upper_bound, n=N, seed=seed, log=log)
+        return self.parameter_sets
+
+    # -- the fit ------------------------------------------------------------------------
+    def _problem(self) -> FitProblem:
+        sys_ = self.system
+        exps = []
+        for e in self.data.experiments:
+            keys = [sys_.output_key(s, "concentration") for s in e.species]
+            y0 = np.zeros(len(sys_.states))
+            mask = np.zeros(len(sys_.states), dtype=bool)
+            p_idx, p_val = [], []
+            for s, v in (e.initial or {}).items():
+                if s in sys_.state_index:
+                    y0[sys_.state_index[s]] = v
+                    mask[sys_.state_index[s]] = True
+                else:
+                    p_idx.append(sys_.parameter_index[s])
+                    p_val.append(v)
+            exps.append(ExperimentArrays(
+                t0=float(e.times[0]), times=e.times, values=e.values, mask=e.mask,
+                output_index=np.asarray([sys_.output_index[k] for k in keys]),
+                y0=y0, y0_mask=mask, p_index=np.asarray(p_idx, dtype=np.int64),
+                p_values=np.asarray(p_val, dtype=np.float64), species=e.species))
+        return FitProblem(
+            system=sys_, experiments=tuple(exps), base_parameters=sys_.parameter_vector(),
+            train_index=np.asarray([sys_.parameter_index[n] for n in self.parameters]),
+            train_names=tuple(self.parameters), space=self.optim_space, solver=self.solver,
+            adjoint=self.adjoint, loss=self._loss, loss_threshold=self.loss_threshold)
+
+    def _get_program(self):
+        key = (id(self.optimizer), self._loss, self.optim_space, self.solver, self.adjoint,
+               self.loss_threshold, tuple(self.parameters), self._n_iter)
+        if self._program is None or self._program_key != key:
+            self._program = self._backend.training_program(
+                self._problem(), self.optimizer, self._n_iter,
+                optimizer_key=self._optimizer_key if self._optimizer_is_default() else None)
+            self._program_key = key
+        return self._program
+
+    def _optimizer_is_default(self) -> bool:
+        return self._optimizer_key is not None and self._default_optimizer is self.optimizer
+
+    def _to_space(self, linear: np.ndarray) -> np.ndarray:
+        return np.log2(linear) if self.optim_space == "log" else linear
+
+    def _from_space(self, theta: np.ndarray) -> np.ndarray:
+        return np.exp2(theta) if self.optim_space == "log" else theta
+
+    def train(self, resume: TrainingResults | None = None) -> TrainingResults:
+        """Run :attr:`n_iter` iterations from every row of :attr:`parameter_sets` (or, with
+        ``resume``, from an earlier result's final parameters and optimiser state, so
+        that the loss curves join). Returns :class:`TrainingResults`, which also unpacks
+        as the seed's ``optimized_parameters, loss_per_iteration``."""
+        if resume is not None:
+            start = resume.parameters[self.parameters].to_numpy()
+        elif self._parameter_sets is not None:
+            start = self._parameter_sets.to_numpy()
+        else:
+            raise DataError("no initial parameter sets: call trainer.latinhypercube_sampling("
+                            "...) or assign trainer.parameter_sets first.")
+        t_start = time.perf_counter()
+        program = self._get_program()
+        state = None
+        if resume is not None and resume._state is not None and resume._program is program:
+            state = resume._state
+        if state is None:
+            state = program.init(self._to_space(start))
+        losses = np.full((start.shape[0], self._n_iter), np.nan)
+        bar = _progress(self._n_iter, self.progress)
+        done, restarts = 0, np.zeros(start.shape[0], dtype=int)
+        initial = start.copy()
+        while done < self._n_iter:
+            n = min(program.chunk, self._n_iter - done)
+            state, chunk_losses = program.run(state, n)
+            losses[:, done:done + n] = chunk_losses
+            done += n
+            if self.resample_failed:
+                state = self._resample(program, state, restarts, initial)
+            if bar is not None:
+                best = np.nanmin(losses[:, :done]) if np.isfinite(losses[:, :done]).any() \
+                    else float("nan")
+                bar.update(n)
+                bar.set_postfix(best_loss=f"{best:.3e}")
+        if bar is not None:
+            bar.close()
+        theta = program.theta(state)
+        final_loss = program.final_loss(state)
+        status = program.status(state)
+        result = TrainingResults.from_run(
+            trainer=self, initial=initial, final=self._from_space(theta), losses=losses,
+            status=status, final_loss=final_loss, restarts=restarts,
+            seconds=time.perf_counter() - t_start,
+        )
+        if resume is not None:
+            result = resume.join(result)
+        result._state, result._program = state, program
+        self.results = result
+        return result
+
+    def _resample(self, program, state, restarts, initial):
+        failed = program.status(state) != 0
+        if not failed.any():
+            return state
+        if self._bounds is None:
+            raise DataError("resample_failed needs bounds: call latinhypercube_sampling first.")
+        b = self._bounds
+        b["draws"] += 1
+        seed = None if b["seed"] is None else b["seed"] + 7919 * b["draws"]
+        fresh = latin_hypercube(b["base"], lower_bound=b["lower_bound"],
+                                upper_bound=b["upper_bound"], n=int(failed.sum()), seed=seed,
+                                log=b["log"])[self.parameters].to_numpy()
+        theta = program.theta(state).copy()
+        theta[failed] = self._to_space(fresh)
+        initial[failed] = fresh
+        restarts[failed] += 1
+        return program.reset(state, failed, theta)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="it", leave=True)
