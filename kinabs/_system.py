@@ -34,8 +34,9 @@ from functools import cached_property
 import numpy as np
 import sympy
 
+from kinabs import _rate_of
 from kinabs._errors import ModelError, UnsupportedFeatureError
-from kinabs._model import TIME, Model, RateOf, sym
+from kinabs._model import TIME, Model, sym
 
 __all__ = ["OdeSystem", "OutputKey", "lower", "y_symbol", "k_symbol", "p_symbol"]
 
@@ -200,23 +201,13 @@ class _Lowering:
     """Builds an OdeSystem; one instance per call of :func:`lower`."""
 
     def __init__(self, model: Model):
-        self.m = model
-        self._check_rate_of()
+        self.model = model
+        self.m = model = _rate_of.with_placeholders(model)
         self.var_compartments = {
             c.id for c in model.compartments.values()
             if c.id in model.rate_rules or c.id in model.assignment_rules
         }
         self.refs = model.species_references()
-
-    def _check_rate_of(self) -> None:
-        m = self.m
-        exprs = [("reaction " + r.id, r.rate) for r in m.reactions.values()]
-        for kind, rules in (("rule", m.assignment_rules), ("rate rule", m.rate_rules),
-                            ("initial assignment", m.initial_assignments)):
-            exprs += [(f"{kind} for {k}", v) for k, v in rules.items()]
-        for where, e in exprs:
-            if e.has(RateOf):
-                raise UnsupportedFeatureError(where.split()[-1], "csymbol rateOf")
 
     # -- classification --------------------------------------------------------
     def classify(self) -> None:
@@ -237,13 +228,19 @@ class _Lowering:
                                  "boundaryCondition=true or remove the rule.")
         states, kinds = [], []
         for sp in m.species.values():
+            natural = "amount" if sp.has_only_substance_units else "concentration"
+            moving = sp.compartment in self.var_compartments
             if sp.id in m.rate_rules:
                 states.append(sp.id)
-                kinds.append("amount" if sp.has_only_substance_units else "concentration")
+                kinds.append(natural)
             elif sp.id in driven:
                 states.append(sp.id)
-                amount = sp.has_only_substance_units or sp.compartment in self.var_compartments
-                kinds.append("amount" if amount else "concentration")
+                kinds.append("amount" if moving else natural)
+            elif moving and sp.id not in m.assignment_rules:
+                # No reaction or rule changes it, but its compartment changes size: SBML
+                # keeps its amount (its value, if constant); a state with zero derivative.
+                states.append(sp.id)
+                kinds.append(natural if sp.constant else "amount")
         for group in (m.compartments, m.parameters):
             for x in group:
                 if x in m.rate_rules:
@@ -259,13 +256,17 @@ class _Lowering:
         # Constants: everything not a state and not assigned.
         ruled = set(m.assignment_rules) | set(m.rate_rules)
         free, free_kinds, defaults, derived = [], [], [], []
+        self.no_value: list[str] = []
         state_set = set(states)
 
         def add_constant(x: str, kind: str, value: float | None) -> None:
             if x in ruled or x in state_set:
                 return
-            if x in m.initial_assignments:
+            if x in m.initial_assignments or value is None:
+                # without a value it is no parameter: NaN (an error where math uses it)
                 derived.append(x)
+                if x not in m.initial_assignments:
+                    self.no_value.append(x)
                 return
             free.append(x)
             free_kinds.append(kind)
@@ -315,13 +316,14 @@ class _Lowering:
                   *m.rate_rules.values(), *m.initial_assignments.values()):
             used |= _free_ids(e)
         for sp in m.species.values():
-            used.add(sp.compartment)
+            if not sp.has_only_substance_units or sp.compartment in self.var_compartments:
+                used.add(sp.compartment)
         for x, (_, value) in self.state_attr.items():
             if value is None and x not in m.initial_assignments:
                 raise ModelError(f"'{x}' changes over time but has no initial value; give it "
                                  "a value or an initial assignment.")
-        for x, v in zip(self.free, self.defaults):
-            if np.isnan(v) and x in used:
+        for x in self.no_value:
+            if x in used:
                 raise ModelError(f"'{x}' is used in the model's math but has no value; give "
                                  "it a value or an initial assignment.")
 
@@ -355,9 +357,13 @@ class _Lowering:
     def resolve_dynamic(self) -> dict[str, sympy.Expr]:
         m = self.m
         base: dict[str, sympy.Expr] = {"@time": TIME, **self.ref_numbers}
-        for j, x in enumerate(self.free + self.derived):
-            base[x] = k_symbol(j)
         defs = self._common_defs()
+        for j, x in enumerate(self.free + self.derived):
+            if x in m.species and j < len(self.free):
+                # a species' free parameter is its initial amount or concentration
+                defs[x] = self._species_defs_from_attr(x, k_symbol(j), self.free_kinds[j])
+            else:
+                base[x] = k_symbol(j)
         for x, e in m.rate_rules.items():
             defs["@rr:" + x] = e
         for i, (x, kind) in enumerate(zip(self.states, self.state_kinds)):
@@ -374,6 +380,7 @@ class _Lowering:
     def resolve_initial(self) -> dict[str, sympy.Expr]:
         m = self.m
         base: dict[str, sympy.Expr] = {"@time": TIME, **self.ref_numbers}
+        base.update({x: sympy.nan for x in self.no_value})
         defs = self._common_defs()
         for j, (x, kind) in enumerate(zip(self.free, self.free_kinds)):
             if x in m.species:
@@ -431,7 +438,6 @@ class _Lowering:
                         stoich[j, i] += sign * float(ref.stoichiometry)
         for x, s in driven_scale.items():
             scale[sidx[x]] = s
-        all_ones = all(s == 1 for s in scale)
         y0 = []
         for x, kind in zip(self.states, self.state_kinds):
             value = ini[x]
@@ -454,8 +460,16 @@ class _Lowering:
                     factor = vol if kind == "amount" else 1 / vol
             to_state.append(factor)
         outputs, out_exprs = self.outputs(dyn)
+        exprs = {"rates": rates, "extra": extra, "scale": scale, "outputs": out_exprs,
+                 "y0": y0, "derived": init_derived}
+        if _rate_of.targets([e for v in exprs.values() for e in v]):
+            exprs = self._expand_rate_of(dyn, stoich, exprs)
+        rates, extra, scale, out_exprs = (exprs[k] for k in ("rates", "extra", "scale",
+                                                              "outputs"))
+        y0, init_derived = exprs["y0"], exprs["derived"]
+        all_ones = all(s == 1 for s in scale)
         return OdeSystem(
-            model=m,
+            model=self.model,
             states=tuple(self.states),
             state_kinds=tuple(self.state_kinds),
             parameters=tuple(self.free),
@@ -473,6 +487,33 @@ class _Lowering:
             natural_to_state=tuple(to_state),
             reaction_ids=rids,
         )
+
+    def _expand_rate_of(self, dyn, stoich, exprs):
+        """Replace rateOf placeholders by time derivatives (see ``kinabs._rate_of``)."""
+        names = _rate_of.targets([e for v in exprs.values() for e in v])
+        unknown = sorted(x for x in names if x not in dyn)
+        if unknown:
+            raise ModelError(f"rateOf refers to {unknown}, which the model does not define.")
+        n = len(self.states)
+        rhs = [sympy.Add(*[float(stoich[j, i]) * r for j, r in enumerate(exprs["rates"])
+                           if stoich[j, i]]) * exprs["scale"][i] + exprs["extra"][i]
+               for i in range(n)]
+        ys = [y_symbol(i) for i in range(n)]
+        d = _rate_of.time_derivatives(names, dyn.__getitem__, rhs, ys)
+        out = {k: _rate_of.substitute(v, d) for k, v in exprs.items()}
+        # initial values: the derivatives at t0, over the initial states and parameters
+        nf = len(self.free)
+        for _ in range(len(names) + 2):
+            if not _rate_of.targets([*out["y0"], *out["derived"]]):
+                return out
+            sub = {**{y: e for y, e in zip(ys, out["y0"])},
+                   **{k_symbol(j): p_symbol(j) for j in range(nf)},
+                   **{k_symbol(nf + j): e for j, e in enumerate(out["derived"])}}
+            d0 = {k: e.xreplace(sub) for k, e in d.items()}
+            out["y0"] = _rate_of.substitute(out["y0"], d0)
+            out["derived"] = _rate_of.substitute(out["derived"], d0)
+        raise ModelError("circular rateOf in initial values: an initial value depends on "
+                         "its own rate of change.")
 
     def outputs(self, dyn: dict[str, sympy.Expr]):
         m = self.m

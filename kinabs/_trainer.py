@@ -255,7 +255,7 @@ class Trainer:
 
     def _get_program(self):
         key = (id(self.optimizer), self._loss, self.optim_space, self.solver, self.adjoint,
-               self.loss_threshold, tuple(self.parameters), self._n_iter)
+               self.loss_threshold, tuple(self.parameters))
         if self._program is None or self._program_key != key:
             self._program = self._backend.training_program(
                 self._problem(), self.optimizer, self._n_iter,

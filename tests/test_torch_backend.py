@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
+import kinabs
+from kinabs._model import sym
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-import kinabs  # noqa: E402
-from kinabs._model import sym  # noqa: E402
 from kinabs.backends.torch import (  # noqa: E402
     RODAS4,
     RODAS5,
@@ -221,9 +222,10 @@ def test_per_member_status_in_a_batch():
 # -- VectorField: gradients, devices, dtypes -----------------------------------------
 def test_gradient_matches_central_differences():
     system = kinabs.lower(serine_model())
-    times = torch.tensor([1.0, 2.5, 5.0], dtype=torch.float64)
-    field = VectorField(system, log_space=True)
-    opts = kinabs.SolverOptions(method="stiff", rtol=1e-11, atol=1e-13)
+    times = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    names = ("PDH.kcatA", "PSA.KCphp", "PSP.kcatB")
+    field = VectorField(system, trainable=names, log_space=True)
+    opts = kinabs.SolverOptions(method="stiff", rtol=1e-10, atol=1e-12)
 
     def loss_of(theta):
         with torch.no_grad():
@@ -240,11 +242,11 @@ def test_gradient_matches_central_differences():
         e[i] = eps
         fd = (loss_of(theta0 + e).item() - loss_of(theta0 - e).item()) / (2 * eps)
         np.testing.assert_allclose(grad[i].item(), fd, rtol=1e-4, atol=1e-9,
-                                   err_msg=system.kinetic_parameters[i])
+                                   err_msg=names[i])
 
 
 def test_backsolve_adjoint_matches_autograd():
-    field = VectorField(decay_model(), np.array([[0.5, 1.0, 2.0, 0.0], [1.5, 1.0, 2.0, 0.0]]))
+    field = VectorField(decay_model(), np.array([[0.5, 1.0], [1.5, 1.0]]))  # (k, c)
     times = torch.tensor([0.5, 2.0], dtype=torch.float64)
     opts = kinabs.SolverOptions(method="nonstiff", rtol=1e-10, atol=1e-12)
     grads = []
@@ -253,8 +255,7 @@ def test_backsolve_adjoint_matches_autograd():
         field.solve(times, solver=opts, adjoint=adjoint).ys[..., 0].sum().backward()
         grads.append(field.theta.grad.clone())
     np.testing.assert_allclose(grads[1].numpy(), grads[0].numpy(), rtol=1e-6)
-    exact = -times.sum() * 0  # d/dk sum_t 2 exp(-k t) = -sum_t 2 t exp(-k t)
-    for b, k in enumerate((0.5, 1.5)):
+    for b, k in enumerate((0.5, 1.5)):  # d/dk sum_t 2 exp(-k t)
         exact = -(2 * times * torch.exp(-k * times)).sum()
         np.testing.assert_allclose(grads[0][b, 0].item(), exact.item(), rtol=1e-7)
     with pytest.raises(kinabs.BackendError, match="backsolve"):

@@ -50,11 +50,10 @@ def default_optimizer() -> optax.GradientTransformation:
     return optax.chain(optax.adabelief(1e-3), optax.clip_by_global_norm(float(np.log(4.0))))
 
 
-def _choose_chunk(n_iter: int) -> int:
-    for c in range(25, 4, -1):
-        if n_iter % c == 0:
-            return c
-    return min(n_iter, 20)
+#: Iterations per call of the compiled program. Fixed, so that every round of a fit (any
+#: n_iter) runs the same program; iterations past the end of a round are skipped by a
+#: real branch and cost nothing.
+CHUNK = 25
 
 
 def _value_and_grad(loss_one, forward: bool):
@@ -89,7 +88,8 @@ class JaxTrainingProgram(TrainingProgram):
         enable_compilation_cache()
         self.problem = problem
         self.optimizer = optimizer
-        self.chunk = _choose_chunk(n_iter)
+        self.chunk = CHUNK
+        del n_iter  # the program serves every round length
         self._optimizer_key = optimizer_key
         with jax.enable_x64(True):
             self._loss_one = self._make_loss()

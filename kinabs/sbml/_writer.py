@@ -60,7 +60,7 @@ _FUNCTIONS = {
     sympy.Or: libsbml.AST_LOGICAL_OR, sympy.Xor: libsbml.AST_LOGICAL_XOR,
     sympy.Not: libsbml.AST_LOGICAL_NOT, sympy.Implies: libsbml.AST_LOGICAL_IMPLIES,
 }
-_INT64 = 2**63
+_INT32 = 2**31
 
 
 def sbml_string(model: Model) -> str:
@@ -295,13 +295,11 @@ class _Writer:
         return _node(libsbml.AST_DIVIDE, [top, bottom])
 
     def _number(self, e: sympy.Basic) -> libsbml.ASTNode:
-        if e.is_Rational and abs(e.p) < _INT64 and e.q < _INT64:
+        if e.is_Rational and abs(e.p) < _INT32 and e.q < _INT32:
+            # libsbml reads back only 32-bit integers; larger ones are written as floats.
             node = _node(libsbml.AST_INTEGER if e.is_Integer else libsbml.AST_RATIONAL)
-            try:  # libsbml keeps a C long: 64 bits on most platforms, 32 on Windows
-                node.setValue(int(e.p)) if e.is_Integer else node.setValue(int(e.p), int(e.q))
-                return node
-            except (OverflowError, TypeError):
-                pass
+            node.setValue(int(e.p)) if e.is_Integer else node.setValue(int(e.p), int(e.q))
+            return node
         value = float(e) if e is not sympy.zoo else math.inf
         if value == -math.inf:
             return _node(libsbml.AST_MINUS, [self._number(sympy.oo)])

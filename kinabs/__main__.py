@@ -1,0 +1,7 @@
+"""``python -m kinabs`` runs the ``kinabs`` command."""
+
+import sys
+
+from kinabs._cli import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ``kinabs`` command.
+
+``kinabs fit`` fits a model to data (the bundled serine example by default), shows
+progress, writes the results tables and two plots to an output folder and prints the
+best fit. ``kinabs simulate`` writes a simulation as CSV.
+
+Example:
+    $ kinabs fit --n-iter 300 --inits 5 --out kinabs-fit
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import kinabs
+    from kinabs._paths import example_data_path, example_model_path
+
+    model_path = Path(args.model) if args.model else example_model_path()
+    data_path = [Path(p) for p in args.data] if args.data else [example_data_path()]
+    model = kinabs.load_sbml(model_path)
+    trainer = kinabs.Trainer(
+        model=model, data=[str(p) for p in data_path], n_iter=args.n_iter,
+        backend=args.backend, optim_space=args.space,
+        solver=kinabs.SolverOptions(rtol=args.rtol, atol=args.atol, max_steps=args.max_steps),
+        loss_threshold=args.loss_threshold, resample_failed=args.resample_failed,
+    )
+    if args.base == "ones":
+        base = dict.fromkeys(trainer.parameters, 1.0)
+    else:
+        values = model.parameter_values()
+        base = {k: values.get(k, 1.0) for k in trainer.parameters}
+    trainer.latinhypercube_sampling(base, lower_bound=args.lower, upper_bound=args.upper,
+                                    N=args.inits, seed=args.seed, log=args.log_sampling)
+    print(f"fitting {len(trainer.parameters)} parameters of {model.id} ({model_path.name}) to "
+          f"{', '.join(p.name for p in data_path)}: {args.inits} starts x {args.n_iter} "
+          f"iterations on {trainer.backend_name}, {args.space} space", flush=True)
+    results = trainer.train()
+    out = Path(args.out)
+    results.save(out)
+    results.plot_loss(out / "loss.png")
+    results.plot_fit(out / "fit.png")
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 12):
+        print("\nbest starts:")
+        print(results.summary(top=min(5, args.inits))[["final_loss", "status", "iterations"]])
+        best = pd.Series(results.best_parameters, name="best fit")
+        if args.base == "model":
+            best = pd.concat([best, pd.Series(base, name="model value")], axis=1)
+        print(f"\nbest fit (init {results.best_index}, loss {results.best_loss:.4g}):")
+        print(best.to_string())
+    failed = sum(s != "ok" for s in results.status)
+    if failed:
+        print(f"\n{failed} start(s) failed; see {out / 'summary.csv'} for the reasons.")
+    print(f"\nwrote {out}/: parameters.csv, loss_history.csv, summary.csv, results.json, "
+          f"loss.png, fit.png ({results.meta['seconds']:.1f} s of training)")
+    return 0 if np.isfinite(results.best_loss) else 1
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import kinabs
+
+    model = kinabs.load_sbml(args.model)
+    times = np.linspace(args.t0, args.t_end, args.points)
+    result = kinabs.simulate(model, times, t0=args.t0, backend=args.backend,
+                             species_units=args.units)
+    df = result.to_frame()
+    if args.out:
+        df.to_csv(args.out)
+        print(f"wrote {args.out}")
+    else:
+        print(df.to_string())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kinabs", description="Fit kinetic models to data.")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="multi-start fit (default: the bundled serine example)")
+    f.add_argument("model", nargs="?", help="SBML file (default: bundled serine model)")
+    f.add_argument("--data", nargs="+", help="CSV file(s): first column time, one column per "
+                   "species (default: bundled serine data)")
+    f.add_argument("--n-iter", type=int, default=300)
+    f.add_argument("--inits", type=int, default=5, help="number of starts")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--base", choices=("ones", "model"), default="ones",
+                   help="base values the bounds multiply: all ones (as the seed) or the "
+                   "model file's values")
+    f.add_argument("--lower", type=float, default=0.1, help="lower bound factor")
+    f.add_argument("--upper", type=float, default=10.0, help="upper bound factor")
+    f.add_argument("--log-sampling", action="store_true", help="sample log-uniformly")
+    f.add_argument("--space", choices=("log", "linear"), default="log")
+    f.add_argument("--backend", choices=("jax", "torch"), default=None)
+    f.add_argument("--rtol", type=float, default=1e-8)
+    f.add_argument("--atol", type=float, default=1e-10)
+    f.add_argument("--max-steps", type=int, default=20_000)
+    f.add_argument("--loss-threshold", type=float, default=None)
+    f.add_argument("--resample-failed", action="store_true")
+    f.add_argument("--out", default="kinabs-fit", help="output folder")
+    f.set_defaults(func=_fit)
+    s = sub.add_parser("simulate", help="simulate an SBML model and print or write CSV")
+    s.add_argument("model")
+    s.add_argument("--t0", type=float, default=0.0)
+    s.add_argument("--t-end", type=float, default=10.0)
+    s.add_argument("--points", type=int, default=11)
+    s.add_argument("--units", choices=("concentration", "amount"), default="concentration")
+    s.add_argument("--backend", choices=("jax", "torch"), default=None)
+    s.add_argument("--out", default=None)
+    s.set_defaults(func=_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kinabs`` command."""
+    args = _parser().parse_args(argv)
+    from kinabs._errors import KinabsError
+
+    try:
+        return int(args.func(args))
+    except KinabsError as exc:
+        print(f"kinabs: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"kinabs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

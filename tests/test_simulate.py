@@ -1,0 +1,167 @@
+"""kinabs.simulate on the default (JAX) backend: analytic answers, batches, failures, bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy
+
+import kinabs
+from kinabs import Compartment, Model, Parameter, Reaction, Species
+from kinabs import SpeciesReference as Ref
+from kinabs._model import TIME, sym
+
+TIGHT = kinabs.SolverOptions(rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def decay():
+    """A -> B with rate k*[A]*V in a compartment of size 2 (so d[A]/dt = -k[A])."""
+    m = Model(id="decay")
+    m.compartments["c"] = Compartment("c", 2.0)
+    m.species["A"] = Species("A", "c", initial_concentration=1.0)
+    m.species["B"] = Species("B", "c", initial_concentration=0.0)
+    m.parameters["k"] = Parameter("k", 0.5)
+    m.reactions["R"] = Reaction("R", sym("k") * sym("A") * sym("c"), reactants=(Ref("A"),),
+                                products=(Ref("B"),))
+    return m
+
+
+def test_decay_matches_the_exponential(decay):
+    ts = np.linspace(0, 4, 9)
+    res = kinabs.simulate(decay, ts, solver=TIGHT,
+                          outputs=["A", "B", kinabs.amount("A"), "R", "c", "k"])
+    df = res.to_frame()
+    np.testing.assert_allclose(df["A [concentration]"], np.exp(-0.5 * ts), rtol=1e-8)
+    np.testing.assert_allclose(df["B"], 1 - np.exp(-0.5 * ts), rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(df["A [amount]"], 2 * np.exp(-0.5 * ts), rtol=1e-8)
+    np.testing.assert_allclose(df["R"], 0.5 * 2 * np.exp(-0.5 * ts), rtol=1e-8)
+    np.testing.assert_allclose(df["c"], 2.0)
+    assert res.ok and res.status == ("success",)
+    assert df.index.name == "time"
+
+
+def test_batches_of_parameters_and_initial_values(decay):
+    ts = np.array([0.0, 1.0, 2.0])
+    res = kinabs.simulate(decay, ts, parameters=[{"k": 0.1}, {"k": 1.0}],
+                          initial={"A": 3.0}, solver=TIGHT, outputs=["A"])
+    assert res.values.shape == (2, 3, 1)
+    expected = 3.0 * np.exp(-np.outer([0.1, 1.0], ts))
+    np.testing.assert_allclose(res.values[..., 0], expected, rtol=1e-8)
+    frame = pd.DataFrame({"k": [0.2, 0.4]})
+    res2 = kinabs.simulate(decay, ts, parameters=frame, solver=TIGHT, outputs=["A"])
+    np.testing.assert_allclose(res2.values[..., 0], np.exp(-np.outer([0.2, 0.4], ts)),
+                               rtol=1e-8)
+
+
+def test_species_units_amount(decay):
+    res = kinabs.simulate(decay, [0.0], species_units="amount", outputs=["A"])
+    assert res.values[0, 0, 0] == pytest.approx(2.0)
+
+
+def test_start_time_and_time_dependent_input():
+    """dX/dt = t starting at t0 = 1 with X(1) = 0: X = (t^2 - 1) / 2."""
+    m = Model()
+    m.parameters["X"] = Parameter("X", 0.0, constant=False)
+    m.rate_rules["X"] = TIME
+    ts = np.array([1.0, 2.0, 3.0])
+    res = kinabs.simulate(m, ts, t0=1.0, outputs=["X"], solver=TIGHT)
+    np.testing.assert_allclose(res.values[0, :, 0], (ts**2 - 1) / 2, rtol=1e-9, atol=1e-12)
+
+
+def test_stiff_method_agrees_with_nonstiff(decay):
+    ts = np.linspace(0, 3, 4)
+    a = kinabs.simulate(decay, ts, solver=kinabs.SolverOptions(method="stiff", rtol=1e-9,
+                                                               atol=1e-12))
+    b = kinabs.simulate(decay, ts, solver=kinabs.SolverOptions(method="nonstiff", rtol=1e-9,
+                                                               atol=1e-12))
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-10)
+
+
+def test_serine_model_reproduces_its_dataset():
+    model = kinabs.load_sbml(kinabs.example_model_path())
+    data = pd.read_csv(kinabs.example_data_path(), index_col=0)
+    res = kinabs.simulate(model, data.index.to_numpy(), outputs=list(data.columns),
+                          solver=TIGHT)
+    # the CSV carries ~2e-7 generation error (see the shared data README)
+    np.testing.assert_allclose(res.values[0], data.to_numpy(), atol=5e-7)
+
+
+def test_max_steps_failure_is_a_status_or_an_error(decay):
+    tiny = kinabs.SolverOptions(method="nonstiff", max_steps=2, rtol=1e-12, atol=1e-14)
+    with pytest.raises(kinabs.SimulationError, match="max_steps_reached"):
+        kinabs.simulate(decay, [0.0, 10.0], solver=tiny)
+    res = kinabs.simulate(decay, [0.0, 10.0], solver=tiny, on_failure="nan")
+    assert res.status == ("max_steps_reached",)
+    assert np.isnan(res.values).all()
+
+
+def test_auto_redoes_hard_solves_with_the_implicit_method():
+    """Robertson's stiff kinetics: the explicit method runs out of steps; auto recovers."""
+    m = Model()
+    m.compartments["c"] = Compartment("c", 1.0)
+    for name, v in (("y1", 1.0), ("y2", 0.0), ("y3", 0.0)):
+        m.species[name] = Species(name, "c", initial_concentration=v)
+    y1, y2, y3 = sym("y1"), sym("y2"), sym("y3")
+    m.reactions["r1"] = Reaction("r1", 0.04 * y1, reactants=(Ref("y1"),), products=(Ref("y2"),))
+    m.reactions["r2"] = Reaction("r2", 3e7 * y2**2, reactants=(Ref("y2", 2.0),),
+                                 products=(Ref("y2"), Ref("y3")))
+    m.reactions["r3"] = Reaction("r3", 1e4 * y2 * y3, reactants=(Ref("y2"), Ref("y3")),
+                                 products=(Ref("y1"), Ref("y3")))
+    opts = kinabs.SolverOptions(rtol=1e-8, atol=1e-12, max_steps=20_000)
+    res = kinabs.simulate(m, [0.0, 40.0], solver=opts)
+    np.testing.assert_allclose(res.values[0, -1], [0.7158271, 9.185535e-6, 0.2841637],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(times=[0.0, 2.0, 1.0]), "sorted"),
+        (dict(times=[]), "non-empty"),
+        (dict(times=[0.0, np.nan]), "finite"),
+        (dict(times=[-1.0, 1.0]), "t0"),
+        (dict(times=[0.0, 1.0], outputs=["nope"]), "unknown output"),
+        (dict(times=[0.0, 1.0], parameters={"nope": 1.0}), "unknown parameter"),
+        (dict(times=[0.0, 1.0], parameters={"k": np.nan}), "finite"),
+        (dict(times=[0.0, 1.0], parameters=np.ones(7)), "shape"),
+        (dict(times=[0.0, 1.0], initial={"Z": 1.0}), "not a species"),
+        (dict(times=[0.0, 1.0], parameters=[{"k": 1.0}] * 2, initial=[{"A": 1.0}] * 3),
+         "same number of rows"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(decay, kwargs, match):
+    times = kwargs.pop("times")
+    with pytest.raises((kinabs.DataError, kinabs.ModelError), match=match):
+        kinabs.simulate(decay, times, **kwargs)
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="method"):
+        kinabs.SolverOptions(method="rk4")
+    with pytest.raises(ValueError, match="rtol"):
+        kinabs.SolverOptions(rtol=-1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        kinabs.SolverOptions(max_steps=0)
+    with pytest.raises(ValueError, match="AdjointOptions.method"):
+        kinabs.AdjointOptions(method="magic")
+
+
+def test_float32_jax_programs_are_left_alone(decay):
+    import jax
+    import jax.numpy as jnp
+
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 switched on globally by another test")
+    kinabs.simulate(decay, [0.0, 1.0])
+    assert jnp.ones(2).dtype == jnp.float32
+
+
+def test_piecewise_in_a_rate_switches_on_time():
+    """Production at rate 1 until t = 2, then 0: S(t) = min(t, 2)."""
+    m = Model()
+    m.compartments["c"] = Compartment("c", 1.0)
+    m.species["S"] = Species("S", "c", initial_concentration=0.0)
+    m.reactions["R"] = Reaction("R", sympy.Piecewise((1.0, TIME < 2), (0.0, True)),
+                                products=(Ref("S"),))
+    res = kinabs.simulate(m, [1.0, 2.0, 3.0], solver=TIGHT)
+    np.testing.assert_allclose(res.values[0, :, 0], [1.0, 2.0, 2.0], rtol=1e-6)
