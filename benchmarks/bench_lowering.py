@@ -273,38 +273,108 @@ def part_b(meter) -> dict:
     return out
 
 
-def part_c(sizes, meter) -> dict:
-    rows = []
+def _count_hlo_ops(text: str) -> int:
+    import re
+
+    return len(re.findall(r"= (?:stablehlo|chlo|mhlo)\.\w+", text))
+
+
+def chain_worker(n: int, out_path: Path) -> None:
+    """One chain size in this (fresh) process; writes its row to ``out_path`` after every
+    stage, so a parent that kills it on timeout still gets the finished stages."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    row: dict = {"N": n}
+
+    def save():
+        out_path.write_text(json.dumps(row, default=str))
+
+    # one-off costs kept out of the measurements: backend import (diffrax, equinox), JAX init
+    _, row["backend_import_s"] = timed(kinabs.get_backend, "jax")
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(jnp.ones(1)))
+    meter = CompileMeter()
+    model, row["build_s"] = timed(chain_model, n)
+    system, row["lower_s"] = timed(kinabs.lower, model)
+    row["lower_cpu_s"] = _CPU[0]
+    gen, row["codegen_s"] = timed(lambda: system.generated)
+    row["codegen_cpu_s"] = _CPU[0]
+    row["source_lines"] = gen.source.count("\n")
+    row["source_chars"] = len(gen.source)
+    _, row["model_fingerprint_s"] = timed(model.fingerprint)  # paid by every simulate(Model)
+    row["stage"] = "codegen done"
+    save()
+    log(f"  chain N={n}: lower {row['lower_s']:.3f} s, codegen {row['codegen_s']:.3f} s, "
+        f"{row['source_lines']} source lines; model.fingerprint() "
+        f"{1e3 * row['model_fingerprint_s']:.1f} ms")
+
+    # the generated rhs alone: how much HLO the printer emits and what XLA takes for it
+    from kinabs.backends.jax._backend import lowered
+
+    with jax.enable_x64(True):
+        fns = lowered(system)
+        p = jnp.asarray(system.parameter_defaults)
+        y = jnp.ones(len(system.states))
+        lo, t_tr = timed(lambda: jax.jit(lambda y, k: fns.rhs(0.0, y, k)).lower(y, p))
+        row["rhs_hlo_ops"] = _count_hlo_ops(lo.as_text())
+        _, row["rhs_xla_compile_s"] = timed(lo.compile)
+        row["rhs_xla_compile_cpu_s"] = _CPU[0]
+        row["rhs_trace_lower_s"] = t_tr
+    row["stage"] = "rhs compiled"
+    save()
+    log(f"  chain N={n}: rhs alone {row['rhs_hlo_ops']} StableHLO ops, XLA compile "
+        f"{row['rhs_xla_compile_s']:.2f} s (cpu {row['rhs_xla_compile_cpu_s']:.2f} s); "
+        "compiling simulate ...")
+
     times = np.linspace(0.0, 10.0, 11)
+    sim = measure_simulation(system, times, meter, f"chain N={n} simulate")
+    row.update(first_call_s=sim["first_call_s"], first_call_cpu_s=sim["first_call_cpu_s"],
+               compile_s=sim["compile_s"], xla_compile_s=sim["jax_phases_s"]["xla_compile"],
+               mlir_lowering_s=sim["jax_phases_s"]["mlir_lowering"],
+               per_call_s=sim["per_call_s"], n_calls=sim["n_calls"], status=sim["status"],
+               peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               stage="done")
+    save()
+
+
+def part_c(sizes, timeout_s: float) -> dict:
+    """Each size in a fresh subprocess (cold compile, own memory), killed after
+    ``timeout_s``; a killed size keeps the stages it finished."""
+    import subprocess
+    import tempfile
+
+    rows = []
     for n in sizes:
-        model, t_build = timed(chain_model, n)
-        system, t_lower = timed(kinabs.lower, model)
-        cpu_lower = _CPU[0]
-        gen, t_gen = timed(lambda system=system: system.generated)
-        cpu_gen = _CPU[0]
-        log(f"  chain N={n}: lower {t_lower:.3f} s, codegen {t_gen:.3f} s; compiling ...")
-        sim = measure_simulation(system, times, meter, f"chain N={n}")
-        # the user-facing path with a Model: as_system() fingerprints the model every call
-        _, t_fp = timed(model.fingerprint)
-        row = {"N": n, "build_s": t_build, "lower_s": t_lower, "codegen_s": t_gen,
-               "source_lines": gen.source.count("\n"), "source_chars": len(gen.source),
-               "lower_cpu_s": cpu_lower, "codegen_cpu_s": cpu_gen,
-               "first_call_s": sim["first_call_s"], "first_call_cpu_s": sim["first_call_cpu_s"],
-               "compile_s": sim["compile_s"],
-               "xla_compile_s": sim["jax_phases_s"]["xla_compile"],
-               "mlir_lowering_s": sim["jax_phases_s"]["mlir_lowering"],
-               "per_call_s": sim["per_call_s"], "model_fingerprint_s": t_fp,
-               "status": sim["status"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "row.json"
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--chain-worker", str(n),
+                     "--worker-out", str(out)], timeout=timeout_s, check=False)
+                rc = proc.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+            elapsed = time.perf_counter() - t0
+            row = json.loads(out.read_text()) if out.exists() else {"N": n}
+        row["worker_wall_s"] = elapsed
+        if rc == "timeout":
+            row["status"] = (f"killed after {timeout_s:.0f} s in stage after "
+                             f"'{row.get('stage', 'start')}'")
+            log(f"  chain N={n}: {row['status']}")
+        elif rc != 0:
+            row["status"] = f"worker exit code {rc} after stage '{row.get('stage')}'"
+            log(f"  chain N={n}: {row['status']}")
         rows.append(row)
-        log(f"  chain N={n}: lower {t_lower:.3f} s, codegen {t_gen:.3f} s, compile "
-            f"{sim['compile_s']:.3f} s, per call {1e3 * sim['per_call_s']:.2f} ms, "
-            f"fingerprint {1e3 * t_fp:.1f} ms")
-    keys = ("lower_s", "codegen_s", "compile_s", "xla_compile_s", "per_call_s", "first_call_s",
-            "first_call_cpu_s", "lower_cpu_s", "codegen_cpu_s", "model_fingerprint_s")
+    keys = ("lower_s", "codegen_s", "lower_cpu_s", "codegen_cpu_s", "rhs_hlo_ops",
+            "rhs_xla_compile_s", "rhs_xla_compile_cpu_s", "compile_s", "xla_compile_s",
+            "first_call_cpu_s", "per_call_s", "model_fingerprint_s")
     ratios = {}
     for a, b in zip(rows, rows[1:]):
-        ratios[f"{b['N']}/{a['N']}"] = {k: b[k] / a[k] if a[k] > 0 else None for k in keys}
-    return {"rows": rows, "growth_ratios": ratios}
+        ratios[f"{b['N']}/{a['N']}"] = {
+            k: (b[k] / a[k] if a.get(k) and b.get(k) is not None else None) for k in keys}
+    return {"rows": rows, "growth_ratios": ratios, "timeout_per_size_s": timeout_s}
 
 
 def profile_chain(n: int, top: int = 25) -> dict:
@@ -327,12 +397,22 @@ def profile_chain(n: int, top: int = 25) -> dict:
 
 
 def print_table(rows) -> None:
-    log("\n    N |  lower s | codegen s | compile s | xla s | 1st call cpu s | per call ms |"
-        " src lines")
+    def f(r, k, scale=1.0, fmt="9.3f"):
+        v = r.get(k)
+        if not isinstance(v, (int, float)):
+            return format("-", ">9")
+        return format(int(v), fmt) if fmt.endswith("d") else format(v * scale, fmt)
+
+    log("\n    N |  lower s | codegen s | rhs ops | rhs xla s | sim compile s | sim xla s |"
+        " 1st call cpu s | per call ms")
     for r in rows:
-        log(f"{r['N']:>5} | {r['lower_s']:8.3f} | {r['codegen_s']:9.3f} | {r['compile_s']:9.3f}"
-            f" | {r['xla_compile_s']:5.1f} | {r['first_call_cpu_s']:14.1f} | "
-            f"{1e3 * r['per_call_s']:11.3f} | {r['source_lines']:>9}")
+        log(f"{r['N']:>5} | {f(r, 'lower_s', fmt='8.3f')} | {f(r, 'codegen_s')} | "
+            f"{f(r, 'rhs_hlo_ops', fmt='7d') if 'rhs_hlo_ops' in r else '      -'} | "
+            f"{f(r, 'rhs_xla_compile_s')} | {f(r, 'compile_s', fmt='13.2f')} | "
+            f"{f(r, 'xla_compile_s')} | {f(r, 'first_call_cpu_s', fmt='14.1f')} | "
+            f"{f(r, 'per_call_s', 1e3, '11.3f')}")
+        if "killed" in str(r.get("status", "")):
+            log(f"      ^ {r['status']}")
 
 
 def main(argv=None) -> dict:
@@ -344,14 +424,23 @@ def main(argv=None) -> dict:
                     help="(a) for every shared SBML model, not only the largest")
     ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--timeout-per-size", type=float, default=360.0,
+                    help="(c) kill a chain size's worker after this many seconds")
+    ap.add_argument("--chain-worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.chain_worker is not None:
+        chain_worker(args.chain_worker, args.worker_out)
+        return {}
     t_all = time.perf_counter()
 
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
+    _, t_backend = timed(kinabs.get_backend, "jax")  # imports diffrax/equinox: not compile
     meter = CompileMeter()
     result = {
+        "jax_backend_import_s": t_backend,
         "versions": {"kinabs": kinabs.__version__, "jax": jax.__version__,
                      "sympy": sympy.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -365,7 +454,7 @@ def main(argv=None) -> dict:
         result["b_serine"] = part_b(meter)
     if "c" not in args.skip:
         log("(c) chains")
-        result["c_chains"] = part_c(args.sizes, meter)
+        result["c_chains"] = part_c(args.sizes, args.timeout_per_size)
         print_table(result["c_chains"]["rows"])
         for k, v in result["c_chains"]["growth_ratios"].items():
             log(f"  growth {k}: " + ", ".join(

@@ -160,12 +160,12 @@ def main(argv=None) -> dict:
         if m:
             compiles.append({"fun": m.group(1), "secs": float(m.group(2)), "at": ts_ - T_START})
     traces = []
-    for ts_, msg in compile_log:
+    for _ts, msg in compile_log:
         m = re.match(r"Finished tracing \+ transforming (\S+) for pjit in ([0-9.eE+-]+) sec", msg)
         if m:
             traces.append({"fun": m.group(1), "secs": float(m.group(2))})
     lowerings = []
-    for ts_, msg in compile_log:
+    for _ts, msg in compile_log:
         m = re.match(r"Finished jaxpr to MLIR module conversion (\S+) in ([0-9.eE+-]+) sec", msg)
         if m:
             lowerings.append({"fun": m.group(1), "secs": float(m.group(2))})

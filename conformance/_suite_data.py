@@ -129,10 +129,11 @@ def read_results(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     header = [h.strip() for h in rows[0]]
     data = np.array([[_number(c) for c in r] for r in rows[1:]], dtype=np.float64)
     data = data.reshape(len(rows) - 1, len(header))
-    columns = {h: data[:, j] for j, h in enumerate(header)}
-    time = next((h for h in header if h.lower() == "time"), None)
-    times = columns.pop(time) if time else np.arange(len(data), dtype=np.float64)
-    return times, columns
+    # The first column is the time when it is called so (a variable may be called "Time"
+    # too, e.g. case 01820); flux-balance results have no time column.
+    first = 1 if header and header[0].lower() == "time" else 0
+    times = data[:, 0] if first else np.arange(len(data), dtype=np.float64)
+    return times, {h: data[:, j] for j, h in enumerate(header) if j >= first}
 
 
 @dataclass(frozen=True)

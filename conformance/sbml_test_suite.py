@@ -95,6 +95,35 @@ def _output(model, variable: str, settings: Settings):
     return variable
 
 
+def scipy_reference(model, times: np.ndarray, outputs: list, *, t0: float = 0.0):
+    """Simulate with kinabs' generated functions on numpy and scipy's LSODA: the same
+    lowering as every backend, without a JIT compile (``--backend scipy``; a reference)."""
+    from scipy.integrate import solve_ivp
+
+    import kinabs
+    from kinabs._ops import numpy_ops
+
+    system = kinabs.lower(model)
+    fns = system.generated.bind(numpy_ops())
+    y0, k = fns.init(np.float64(t0), system.parameter_defaults)
+    y0 = np.asarray(y0, dtype=np.float64)
+    status = "success"
+    if len(times) and times[-1] > t0 and y0.size:
+        sol = solve_ivp(lambda t, y: np.asarray(fns.rhs(np.float64(t), y, k)), (t0, times[-1]),
+                        y0, method="LSODA", t_eval=times, rtol=1e-10, atol=1e-14)
+        ys = sol.y.T if sol.success else np.full((len(times), y0.size), np.nan)
+        status = "success" if sol.success else "solver_failed"
+    else:
+        ys = np.broadcast_to(y0, (len(times), y0.size))
+    keys = [system.output_key(o, "concentration") for o in outputs]
+    index = [system.output_index[key] for key in keys]
+    with np.errstate(all="ignore"):
+        values = np.stack([np.asarray(fns.outputs(np.float64(t), y, k))[index]
+                           for t, y in zip(times, ys)])
+    return kinabs.SimulationResult(times=times, values=values[None], columns=tuple(outputs),
+                                   status=(status,), steps=np.asarray([-1]))
+
+
 def _first_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -119,9 +148,12 @@ def run_case(info: CaseInfo, suite_dir: Path | None = None, backend: str = "jax"
         ref_times, columns = read_results(folder / f"{info.case}-results.csv")
         model = kinabs.load_sbml(folder / info.sbml_file)
         outputs = [_output(model, v, settings) for v in settings.variables]
-        sim = kinabs.simulate(model, settings.times, outputs=outputs, t0=min(0.0, settings.start),
-                              solver=solver_options(settings), backend=backend,
-                              on_failure="nan")
+        if backend == "scipy":
+            sim = scipy_reference(model, settings.times, outputs, t0=min(0.0, settings.start))
+        else:
+            sim = kinabs.simulate(model, settings.times, outputs=outputs,
+                                  t0=min(0.0, settings.start), solver=solver_options(settings),
+                                  backend=backend, on_failure="nan")
     except kinabs.UnsupportedFeatureError as exc:
         return result("unsupported", exc.feature)
     except Exception as exc:  # any other error is a failure of this case, not of the run
@@ -152,9 +184,17 @@ def _worker_main(wid: int, inbox, outbox, suite_dir: str, backend: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import kinabs
 
-    kinabs.get_backend(backend)
+    if backend != "scipy":
+        kinabs.get_backend(backend)
+    parent = os.getppid()
     outbox.put(("ready", wid, None))
-    while (info := inbox.get()) is not None:
+    while os.getppid() == parent:  # an orphaned worker (parent killed) stops by itself
+        try:
+            info = inbox.get(timeout=2.0)
+        except queue.Empty:
+            continue
+        if info is None:
+            return
         outbox.put(("done", wid, run_case(info, Path(suite_dir), backend)))
 
 
@@ -303,6 +343,8 @@ def _write_out(path: Path, results: list[CaseResult], summary: list[str]) -> Non
 def _check_backend(name: str) -> str | None:
     import kinabs
 
+    if name == "scipy":
+        return None
     try:
         kinabs.get_backend(name)
     except Exception as exc:  # a missing or half-written backend: say so, run nothing
@@ -314,7 +356,9 @@ def _check_backend(name: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m conformance.sbml_test_suite",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="jax", choices=("jax", "torch"))
+    ap.add_argument("--backend", default="jax", choices=("jax", "torch", "scipy"),
+                    help="scipy: the numpy-generated functions under scipy's LSODA, a fast "
+                         "reference for the lowering (no JIT compile)")
     ap.add_argument("--tier", choices=TIERS, default=None,
                     help="core (721 cases), basic (1033, includes core) or all (1823); "
                          "default core, or all when --cases is given")

@@ -21,9 +21,9 @@ Example:
     >>> from kinabs.sbml._math import sympy_from_ast
     >>> node = libsbml.readMathMLFromString(
     ...     '<math xmlns="http://www.w3.org/1998/Math/MathML"><apply><log/>'
-    ...     '<logbase><cn>2</cn></logbase><ci>x</ci></apply></math>')
+    ...     '<logbase><ci>b</ci></logbase><ci>x</ci></apply></math>')
     >>> sympy_from_ast(node)
-    log(x)/log(2)
+    log(x)/log(b)
 """
 
 from __future__ import annotations
