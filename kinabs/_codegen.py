@@ -131,6 +131,12 @@ class _Printer:
             return out
         if isinstance(e, sympy.Not):
             return f"ops.logical_not({self.p(e.args[0])})"
+        if isinstance(e, sympy.Implies):
+            a, b = e.args
+            return f"ops.logical_or(ops.logical_not({self.p(a)}), {self.p(b)})"
+        if isinstance(e, sympy.ITE):  # sympy's boolean if-then-else (from cse of And/Or)
+            c, a, b = e.args
+            return f"ops.where({self.p(c)}, {self.arg(a)}, {self.arg(b)})"
         raise UnsupportedFeatureError(None, f"math operation '{f.__name__}' ({e})")
 
     def _mul(self, e: sympy.Mul) -> str:

@@ -237,10 +237,10 @@ class _Lowering:
                 states.append(sp.id)
                 kinds.append("amount" if moving else natural)
             elif moving and sp.id not in m.assignment_rules:
-                # No reaction or rule changes it, but its compartment changes size: SBML
-                # keeps its amount (its value, if constant); a state with zero derivative.
+                # No reaction or rule changes it, but its compartment changes size: its
+                # amount stays (also for a constant species: test suite cases 01117, 01118)
                 states.append(sp.id)
-                kinds.append(natural if sp.constant else "amount")
+                kinds.append("amount")
         for group in (m.compartments, m.parameters):
             for x in group:
                 if x in m.rate_rules:
@@ -248,10 +248,12 @@ class _Lowering:
                     kinds.append("value")
         for x in m.rate_rules:
             if x not in m.compartments and x not in m.parameters and x not in m.species:
-                if x in self.refs:
-                    raise UnsupportedFeatureError(x, "rate rule on a species reference")
-                raise ModelError(f"rate rule for unknown variable '{x}'")
+                if x not in self.refs:
+                    raise ModelError(f"rate rule for unknown variable '{x}'")
+                states.append(x)  # a stoichiometry that changes in time
+                kinds.append("value")
         self.states, self.state_kinds = states, kinds
+        self.driven = set(driven)
 
         # Constants: everything not a state and not assigned.
         ruled = set(m.assignment_rules) | set(m.rate_rules)
@@ -305,6 +307,8 @@ class _Lowering:
                     self.state_attr[x] = ("initial_concentration", sp.initial_concentration)
             elif x in m.compartments:
                 self.state_attr[x] = ("compartment", m.compartments[x].size)
+            elif x in self.refs:
+                self.state_attr[x] = ("stoichiometry", self.refs[x][1].stoichiometry)
             else:
                 self.state_attr[x] = ("parameter", m.parameters[x].value)
         self._check_values()
@@ -421,7 +425,7 @@ class _Lowering:
             for sign, refs in ((-1.0, r.reactants), (1.0, r.products)):
                 for ref in refs:
                     i = sidx.get(ref.species)
-                    if i is None or ref.species in m.rate_rules:
+                    if i is None or ref.species not in self.driven:
                         continue
                     sp = m.species[ref.species]
                     if ref.species not in driven_scale:
@@ -500,7 +504,8 @@ class _Lowering:
                for i in range(n)]
         ys = [y_symbol(i) for i in range(n)]
         d = _rate_of.time_derivatives(names, dyn.__getitem__, rhs, ys)
-        out = {k: _rate_of.substitute(v, d) for k, v in exprs.items()}
+        out = {k: _rate_of.substitute(v, d) if k not in ("y0", "derived") else v
+               for k, v in exprs.items()}
         # initial values: the derivatives at t0, over the initial states and parameters
         nf = len(self.free)
         for _ in range(len(names) + 2):

@@ -28,12 +28,6 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import sympy
-from sympy.parsing.sympy_parser import (
-    auto_number,
-    auto_symbol,
-    convert_xor,
-    parse_expr,
-)
 
 from kinabs._errors import ModelError
 
@@ -55,15 +49,26 @@ __all__ = [
 #: What every rate-law argument accepts: an id or formula string, a number, or sympy.
 Term = str | int | float | sympy.Expr
 
-# Names a formula string may use as functions/constants; every other name is an id.
-_FUNCTIONS = {
-    name: getattr(sympy, name)
-    for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "sinh", "cosh", "tanh",
-                 "Abs", "Min", "Max", "Piecewise", "floor", "ceiling", "pi")
-}
-# What parse_expr's generated code calls (auto_symbol / auto_number).
-_PARSER = {name: getattr(sympy, name) for name in ("Symbol", "Integer", "Float", "Rational")}
-_TRANSFORMS = (auto_symbol, auto_number, convert_xor)
+
+
+def _parse_formula(text: str, what: str) -> sympy.Expr:
+    """SBML L3 infix syntax -> libsbml AST -> sympy, node by node: the text is parsed,
+    never evaluated (``^`` is power, ``log`` the natural log, ``piecewise``, ``min``...)."""
+    import libsbml
+
+    from kinabs.sbml._math import sympy_from_ast
+
+    settings = libsbml.L3ParserSettings()
+    settings.setParseLog(libsbml.L3P_PARSE_LOG_AS_LN)
+    ast = libsbml.parseL3FormulaWithSettings(text, settings)
+    if ast is None:
+        raise ModelError(f"could not read {what} {text!r} as math: "
+                         f"{libsbml.getLastParseL3Error().strip()}. Write a formula such as "
+                         "'vmax*S/(km + S)' or pass a sympy expression.")
+    try:
+        return sympy_from_ast(ast, where=what)
+    except Exception as exc:  # unknown function names and the like
+        raise ModelError(f"could not read {what} {text!r} as math: {exc}") from None
 
 
 def as_expr(term: Term, *, what: str = "term") -> sympy.Expr:
@@ -86,15 +91,9 @@ def as_expr(term: Term, *, what: str = "term") -> sympy.Expr:
             raise ModelError(f"{what} must be a finite number; got {term!r}.")
         return sympy.Float(float(term))
     if isinstance(term, str):
-        if term.isidentifier() and term not in _FUNCTIONS:
+        if term.isidentifier():
             return sympy.Symbol(term)
-        try:
-            out = parse_expr(term, local_dict={}, global_dict={**_FUNCTIONS, **_PARSER},
-                             transformations=_TRANSFORMS, evaluate=True)
-        except Exception as exc:  # sympy raises many kinds (SyntaxError, TokenError, ...)
-            raise ModelError(f"could not read {what} {term!r} as math ({exc}). Write a "
-                             "formula such as 'vmax*S/(km + S)' or pass a sympy "
-                             "expression.") from exc
+        out = _parse_formula(term, what)
         if not isinstance(out, sympy.Expr):
             raise ModelError(f"{what} {term!r} is not a mathematical expression.")
         return out

@@ -95,7 +95,7 @@ def test_terms_numbers_formulas_and_sympy():
 
 
 @pytest.mark.parametrize("bad, error", [
-    ("a +", kinabs.ModelError), ("exp", kinabs.ModelError),
+    ("a +", kinabs.ModelError), ("exp(", kinabs.ModelError), ("nofunc(x)", kinabs.ModelError),
     (float("nan"), kinabs.ModelError), (float("inf"), kinabs.ModelError),
     (True, TypeError), (np.True_, TypeError), ([1], TypeError), (None, TypeError),
 ])
