@@ -279,7 +279,7 @@ def _count_hlo_ops(text: str) -> int:
     return len(re.findall(r"= (?:stablehlo|chlo|mhlo)\.\w+", text))
 
 
-def chain_worker(n: int, out_path: Path) -> None:
+def chain_worker(n: int, out_path: Path, until: str = "simulate") -> None:
     """One chain size in this (fresh) process; writes its row to ``out_path`` after every
     stage, so a parent that kills it on timeout still gets the finished stages."""
     import jax
@@ -303,11 +303,21 @@ def chain_worker(n: int, out_path: Path) -> None:
     row["source_lines"] = gen.source.count("\n")
     row["source_chars"] = len(gen.source)
     _, row["model_fingerprint_s"] = timed(model.fingerprint)  # paid by every simulate(Model)
+    # a second lowering + codegen of a fresh copy (sympy's caches are warm now)
+    model2 = chain_model(n)
+    system2, row["lower_again_s"] = timed(kinabs.lower, model2)
+    row["lower_again_cpu_s"] = _CPU[0]
+    _, row["codegen_again_s"] = timed(lambda: system2.generated)
+    row["codegen_again_cpu_s"] = _CPU[0]
     row["stage"] = "codegen done"
     save()
-    log(f"  chain N={n}: lower {row['lower_s']:.3f} s, codegen {row['codegen_s']:.3f} s, "
+    log(f"  chain N={n}: lower {row['lower_s']:.3f} s (cpu {row['lower_cpu_s']:.3f}; again "
+        f"{row['lower_again_cpu_s']:.3f}), codegen {row['codegen_s']:.3f} s (cpu "
+        f"{row['codegen_cpu_s']:.3f}; again {row['codegen_again_cpu_s']:.3f}), "
         f"{row['source_lines']} source lines; model.fingerprint() "
         f"{1e3 * row['model_fingerprint_s']:.1f} ms")
+    if until == "codegen":
+        return
 
     # the generated rhs alone: how much HLO the printer emits and what XLA takes for it
     from kinabs.backends.jax._backend import lowered
@@ -326,6 +336,8 @@ def chain_worker(n: int, out_path: Path) -> None:
     log(f"  chain N={n}: rhs alone {row['rhs_hlo_ops']} StableHLO ops, XLA compile "
         f"{row['rhs_xla_compile_s']:.2f} s (cpu {row['rhs_xla_compile_cpu_s']:.2f} s); "
         "compiling simulate ...")
+    if until == "rhs":
+        return
 
     times = np.linspace(0.0, 10.0, 11)
     sim = measure_simulation(system, times, meter, f"chain N={n} simulate")
@@ -338,7 +350,7 @@ def chain_worker(n: int, out_path: Path) -> None:
     save()
 
 
-def part_c(sizes, timeout_s: float) -> dict:
+def part_c(sizes, timeout_s: float, until: str = "simulate") -> dict:
     """Each size in a fresh subprocess (cold compile, own memory), killed after
     ``timeout_s``; a killed size keeps the stages it finished."""
     import subprocess
@@ -352,7 +364,8 @@ def part_c(sizes, timeout_s: float) -> dict:
             try:
                 proc = subprocess.run(
                     [sys.executable, str(Path(__file__).resolve()), "--chain-worker", str(n),
-                     "--worker-out", str(out)], timeout=timeout_s, check=False)
+                     "--worker-out", str(out), "--until", until], timeout=timeout_s,
+                    check=False)
                 rc = proc.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
@@ -367,7 +380,8 @@ def part_c(sizes, timeout_s: float) -> dict:
             row["status"] = f"worker exit code {rc} after stage '{row.get('stage')}'"
             log(f"  chain N={n}: {row['status']}")
         rows.append(row)
-    keys = ("lower_s", "codegen_s", "lower_cpu_s", "codegen_cpu_s", "rhs_hlo_ops",
+    keys = ("lower_s", "codegen_s", "lower_cpu_s", "codegen_cpu_s", "lower_again_cpu_s",
+            "codegen_again_cpu_s", "rhs_hlo_ops",
             "rhs_xla_compile_s", "rhs_xla_compile_cpu_s", "compile_s", "xla_compile_s",
             "first_call_cpu_s", "per_call_s", "model_fingerprint_s")
     ratios = {}
@@ -426,11 +440,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--timeout-per-size", type=float, default=360.0,
                     help="(c) kill a chain size's worker after this many seconds")
+    ap.add_argument("--until", choices=["codegen", "rhs", "simulate"], default="simulate",
+                    help="(c) stop each chain after this stage (codegen: no JAX compile)")
     ap.add_argument("--chain-worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.chain_worker is not None:
-        chain_worker(args.chain_worker, args.worker_out)
+        chain_worker(args.chain_worker, args.worker_out, args.until)
         return {}
     t_all = time.perf_counter()
 
@@ -454,7 +470,7 @@ def main(argv=None) -> dict:
         result["b_serine"] = part_b(meter)
     if "c" not in args.skip:
         log("(c) chains")
-        result["c_chains"] = part_c(args.sizes, args.timeout_per_size)
+        result["c_chains"] = part_c(args.sizes, args.timeout_per_size, args.until)
         print_table(result["c_chains"]["rows"])
         for k, v in result["c_chains"]["growth_ratios"].items():
             log(f"  growth {k}: " + ", ".join(

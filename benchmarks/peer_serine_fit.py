@@ -50,8 +50,10 @@ def parse_args(argv=None):
     ap.add_argument("--starts", type=Path, default=None,
                     help="CSV, one row per initialisation, columns = the peer's parameter "
                          "names (lp_<reaction>__<id>). Default: draw with the peer's LHS.")
-    ap.add_argument("--write-starts", type=Path, default=HERE / "serine_starts.csv",
-                    help="where to write the drawn starts when --starts is not given")
+    ap.add_argument("--write-starts", type=Path, default=None,
+                    help="where to write the drawn starts when --starts is not given "
+                         "(default: benchmarks/serine_starts.csv if it does not exist yet, "
+                         "else benchmarks/serine_starts_<time>.csv: never overwritten)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here too")
     ap.add_argument("--n-iter", type=int, default=300)
     ap.add_argument("--n-starts", type=int, default=5)
@@ -110,6 +112,10 @@ def main(argv=None) -> dict:
         base_parameters = dict(zip(names, np.ones(len(names))))
         trainer.latinhypercube_sampling(base_parameters, lower_bound=1 / 10, upper_bound=10,
                                         N=args.n_starts)
+        if args.write_starts is None:
+            args.write_starts = HERE / "serine_starts.csv"
+            if args.write_starts.exists():
+                args.write_starts = HERE / f"serine_starts_{time.strftime('%Y%m%d-%H%M%S')}.csv"
         args.write_starts.parent.mkdir(parents=True, exist_ok=True)
         # repr-exact floats, so the other side reads back the same numbers
         trainer.parameter_sets[names].to_csv(args.write_starts, index=False,

@@ -35,7 +35,7 @@ import numpy as np
 import sympy
 
 from kinabs import _rate_of
-from kinabs._errors import ModelError, UnsupportedFeatureError
+from kinabs._errors import ModelError
 from kinabs._model import TIME, Model, sym
 
 __all__ = ["OdeSystem", "OutputKey", "lower", "y_symbol", "k_symbol", "p_symbol"]

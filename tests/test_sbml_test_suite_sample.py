@@ -120,6 +120,19 @@ def test_sample_case(case):
         assert result.outcome == "pass", result.line()
 
 
+#: Cases that once failed, one per lowering feature: a constant species in a growing
+#: compartment, everything-but-events, rateOf, a rate rule on a stoichiometry, 'implies',
+#: a variable called "Time", a 0-D compartment without a size.
+REGRESSION_CASES = ["01117", "01121", "01251", "01103", "01497", "01820", "00048"]
+
+
+@needs_suite
+@pytest.mark.parametrize("case", REGRESSION_CASES)
+def test_regression_case_on_scipy_reference(case):
+    result = run_case(read_index(SUITE)[case], SUITE, "scipy")
+    assert result.outcome == "pass", result.line()
+
+
 @needs_suite
 @pytest.mark.slow
 def test_basic_tier_on_jax():

@@ -367,8 +367,8 @@ def test_loss_threshold_stops_a_start(two_experiments):
                    "still updated once in that iteration (backends/jax/_train.py step)")
 def test_loss_threshold_keeps_the_parameters_that_met_it(model, two_experiments):
     trainer, res = two_experiments
-    np.testing.assert_array_equal(res.parameters.iloc[0].to_numpy(),
-                                  res.initial_parameters.iloc[0].to_numpy())
+    np.testing.assert_allclose(res.parameters.iloc[0].to_numpy(),
+                               res.initial_parameters.iloc[0].to_numpy(), rtol=1e-14)
     assert res.final_loss[0] < trainer.loss_threshold
 
 
@@ -559,8 +559,9 @@ def test_failing_start_is_marked_and_others_train(failing):
     assert res.status == ["failed: max_steps_reached", "ok", "ok"]
     assert np.isnan(res.loss_history[0]).all()
     assert np.isnan(res.final_loss[0])
-    np.testing.assert_array_equal(res.parameters.iloc[0].to_numpy(),
-                                  trainer.parameter_sets.iloc[0].to_numpy())
+    # frozen where it failed (up to the log2/exp2 round trip)
+    np.testing.assert_allclose(res.parameters.iloc[0].to_numpy(),
+                               trainer.parameter_sets.iloc[0].to_numpy(), rtol=1e-14)
     assert np.isfinite(res.loss_history[1:]).all()
     assert np.all(res.loss_history[1:, -1] < res.loss_history[1:, 0])
     assert np.isfinite(res.final_loss[1:]).all()

@@ -55,11 +55,19 @@ def make_adjoint(adjoint: AdjointOptions | None) -> diffrax.AbstractAdjoint:
 
 
 def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, y0, k,
-              *, max_steps: int, adjoint: diffrax.AbstractAdjoint | None = None):
+              *, max_steps: int, adjoint: diffrax.AbstractAdjoint | None = None,
+              active=None):
     """Solve one system from (t0, y0) with constants k; returns (ys (T, S), status, steps).
 
-    Status codes follow ``kinabs._backend.STATUS``."""
-    term = diffrax.ODETerm(lambda t, y, args: fns.rhs(t, y, args))
+    Status codes follow ``kinabs._backend.STATUS``. ``active`` (a traced bool) set to
+    False replaces the vector field by zero, so that a batch member whose result is not
+    needed (a frozen start in a vmapped fit) costs a handful of steps, not a full solve."""
+    if active is None:
+        term = diffrax.ODETerm(lambda t, y, args: fns.rhs(t, y, args))
+    else:
+        k = (k, active)
+        term = diffrax.ODETerm(
+            lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
     controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol)
     t1 = ts[-1]
     # diffrax needs t1 > t0; a zero-length solve returns y0 at every time.

@@ -55,6 +55,10 @@ def default_optimizer() -> optax.GradientTransformation:
 #: real branch and cost nothing.
 CHUNK = 25
 
+#: In "auto" mode, a start whose explicit solve needs more steps than this redoes the
+#: iteration with the implicit solver (Kvaerno5).
+AUTO_TRAIN_EXPLICIT_STEPS = 4096
+
 
 def _value_and_grad(loss_one, forward: bool):
     """value_and_grad with aux; forward-mode (jacfwd) for the 'forward' adjoint, whose
@@ -92,7 +96,16 @@ class JaxTrainingProgram(TrainingProgram):
         del n_iter  # the program serves every round length
         self._optimizer_key = optimizer_key
         with jax.enable_x64(True):
-            self._loss_one = self._make_loss()
+            method = problem.solver.method
+            if method == "auto":
+                # explicit first; starts that run out of steps redo the iteration implicitly
+                cap = min(problem.solver.max_steps, AUTO_TRAIN_EXPLICIT_STEPS)
+                self._loss_fn = self._make_loss("nonstiff", cap)
+                self._fallback_fn = self._make_loss("stiff", problem.solver.max_steps)
+            else:
+                self._loss_fn = self._make_loss(method, problem.solver.max_steps)
+                self._fallback_fn = None
+            self._loss_one = lambda theta: self._loss_fn(theta, True)
             self._run_fn = self._make_run()
             self._runs: dict[int, Any] = {}
             self._loss_batch = None
@@ -129,10 +142,11 @@ class JaxTrainingProgram(TrainingProgram):
         return jax.tree.unflatten(treedef, new_leaves), losses
 
     # -- the loss of one initialisation ----------------------------------------
-    def _make_loss(self):
+    def _make_loss(self, method: Any, max_steps: int):
+        """loss(theta, active) -> (loss, status) of one start with the given solver."""
         pb = self.problem
         fns = lowered(pb.system)
-        solver = make_solver(pb.solver.method)
+        solver = make_solver(method)
         adjoint = make_adjoint(pb.adjoint)
         opts = pb.solver
         base = jnp.asarray(pb.base_parameters)
@@ -149,38 +163,38 @@ class JaxTrainingProgram(TrainingProgram):
         def to_linear(theta):
             return jnp.exp2(theta) if log_space else theta
 
-        def predict(p, e, ts, y0_nat, y0_mask):
+        def predict(p, e, ts, y0_nat, y0_mask, active):
             if e["pidx"].size:
                 p = p.at[e["pidx"]].set(e["pval"])
             y0, k = fns.init(e["t0"], p)
             factors = fns.to_state(e["t0"], y0, k)
             y0 = jnp.where(y0_mask, y0_nat * factors, y0)
             ys, status, _ = solve_one(fns, solver, opts, ts, e["t0"], y0, k,
-                                      max_steps=opts.max_steps, adjoint=adjoint)
+                                      max_steps=max_steps, adjoint=adjoint, active=active)
             return fns.outputs(ts, ys, k)[..., e["out"]], status
 
         if pb.loss is None:
             terms = DEFAULT_TERMS[pb.space]
 
-            def loss(theta):
+            def loss(theta, active):
                 p = base.at[tidx].set(to_linear(theta))
                 sse, count, status = 0.0, 0.0, jnp.asarray(0)
                 for e in exps:
-                    pred, st = predict(p, e, e["ts"], e["y0"], e["y0_mask"])
+                    pred, st = predict(p, e, e["ts"], e["y0"], e["y0_mask"], active)
                     a, b = terms(pred, e["obs"], e["mask"], jnp)
                     sse, count, status = sse + a, count + b, jnp.maximum(status, st)
                 return sse / count, status
 
             return loss
 
-        return self._make_custom_loss(pb, exps, predict, to_linear, base, tidx)
+        return self._make_custom_loss(pb, exps, predict, base)
 
-    def _make_custom_loss(self, pb, exps, predict, to_linear, base, tidx):
+    def _make_custom_loss(self, pb, exps, predict, base):
         names = pb.train_names
         custom = pb.loss
         species_state = pb.system.state_index
 
-        def loss(theta):
+        def loss(theta, active):
             params = {n: theta[i] for i, n in enumerate(names)}
             total, status = 0.0, jnp.asarray(0)
             for e, ea in zip(exps, pb.experiments):
@@ -204,7 +218,7 @@ class JaxTrainingProgram(TrainingProgram):
                                 ok = jnp.isfinite(y0[j])
                                 y0_nat = y0_nat.at[i].set(jnp.where(ok, y0[j], y0_nat[i]))
                                 y0_mask = y0_mask.at[i].set(ok | y0_mask[i])
-                    pred, st = predict(p, _e, jnp.asarray(ts), y0_nat, y0_mask)
+                    pred, st = predict(p, _e, jnp.asarray(ts), y0_nat, y0_mask, active)
                     _st.append(st)
                     return pred
 
@@ -225,25 +239,42 @@ class JaxTrainingProgram(TrainingProgram):
                     status = jnp.maximum(status, st)
             return total, status
 
-        del to_linear, tidx
         return loss
 
     # -- the compiled chunk -----------------------------------------------------
     def _make_run(self):
         opt = self.optimizer
-        vg = jax.vmap(_value_and_grad(self._loss_one, self.problem.adjoint.method == "forward"))
+        forward = self.problem.adjoint.method == "forward"
+        vg = jax.vmap(_value_and_grad(self._loss_fn, forward))
+        vg_stiff = (jax.vmap(_value_and_grad(self._fallback_fn, forward))
+                    if self._fallback_fn is not None else None)
         threshold = self.problem.loss_threshold
         chunk = self.chunk
 
+        def value_and_grad(theta, active):
+            (loss, st), grad = vg(theta, active)
+            if vg_stiff is None:
+                return loss, st, grad
+            need = active & (st == 1)
+
+            def redo(_):
+                (l2, s2), g2 = vg_stiff(theta, need)
+                return (jnp.where(need, l2, loss), jnp.where(need, s2, st),
+                        jnp.where(need[:, None], g2, grad))
+
+            # a real branch: the implicit solve runs only in iterations that need it
+            return jax.lax.cond(jnp.any(need), redo, lambda _: (loss, st, grad), None)
+
         def step(carry, i, n_active):
             theta, opt_state, status, stopped, probe = carry
-            (loss, st), grad = vg(theta)
-            ok = (st == 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=1)
+            live = (status == 0) & ~stopped & (i < n_active)
             # iteration n_active only probes the loss of the final parameters
-            probe = jnp.where(i == n_active, jnp.where(ok, loss, jnp.nan), probe)
+            probing = (i == n_active) & (status == 0)
+            loss, st, grad = value_and_grad(theta, live | probing)
+            ok = (st == 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=1)
+            probe = jnp.where(probing, jnp.where(ok, loss, jnp.nan), probe)
             updates, new_state = jax.vmap(opt.update)(grad, opt_state, theta)
             new_theta = optax.apply_updates(theta, updates)
-            live = (status == 0) & ~stopped & (i < n_active)
             do = live & ok
             theta = jnp.where(do[:, None], new_theta, theta)
             opt_state = jax.tree.map(

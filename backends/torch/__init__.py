@@ -14,10 +14,12 @@ from kinabs.backends.torch._backend import TorchBackend, solve
 from kinabs.backends.torch._module import TorchSolution, VectorField, lowered
 from kinabs.backends.torch._ops import TorchOps
 from kinabs.backends.torch._solvers import RODAS4, RODAS5, Rosenbrock, TorchDiffEq
+from kinabs.backends.torch._train import AdaBelief, ClipUpdates, TorchTrainingProgram
 
 Backend = TorchBackend
 
 __all__ = [
-    "Backend", "RODAS4", "RODAS5", "Rosenbrock", "TorchBackend", "TorchDiffEq", "TorchOps",
-    "TorchSolution", "VectorField", "lowered", "solve",
+    "AdaBelief", "Backend", "ClipUpdates", "RODAS4", "RODAS5", "Rosenbrock", "TorchBackend",
+    "TorchDiffEq", "TorchOps", "TorchSolution", "TorchTrainingProgram", "VectorField",
+    "lowered", "solve",
 ]

@@ -134,16 +134,21 @@ class TorchBackend(Backend):
         return RawSolution(ys=out.cpu().numpy(), status=np.asarray(status, dtype=np.int64),
                            steps=np.asarray(steps, dtype=np.int64))
 
-    # -- training: not on torch yet ----------------------------------------------
-    def _no_training(self):
-        return BackendError("training on the torch backend is not implemented yet; fit with "
-                            "backend='jax' (simulation and VectorField work on torch).")
-
+    # -- training -----------------------------------------------------------------
     def default_optimizer(self) -> Any:
-        raise self._no_training()
+        """AdaBelief (learning rate 1e-3) with updates clipped to a global norm of log(4)
+        per initialisation: the JAX default, on torch (see ``_train.default_optimizer``)."""
+        from kinabs.backends.torch._train import default_optimizer
+
+        return default_optimizer()
 
     def check_optimizer(self, optimizer: Any) -> None:
-        raise self._no_training()
+        from kinabs.backends.torch._train import check_optimizer
 
-    def training_program(self, problem: Any, optimizer: Any, n_iter: int) -> Any:
-        raise self._no_training()
+        check_optimizer(optimizer)
+
+    def training_program(self, problem: Any, optimizer: Any, n_iter: int, *,
+                         optimizer_key: str | None = None) -> Any:
+        from kinabs.backends.torch._train import TorchTrainingProgram
+
+        return TorchTrainingProgram(problem, optimizer, n_iter, optimizer_key=optimizer_key)
