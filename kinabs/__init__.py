@@ -16,6 +16,7 @@ Example:
 from kinabs import ratelaws
 from kinabs._backend import Backend, get_backend
 from kinabs._builder import ModelBuilder
+from kinabs._data import Experiment, TrainingData
 from kinabs._errors import (
     BackendError,
     DataError,
@@ -36,12 +37,11 @@ from kinabs._model import (
     SpeciesReference,
 )
 from kinabs._options import AdjointOptions, SolverOptions
-from kinabs._data import Experiment, TrainingData
 from kinabs._paths import example_data_path, example_model_path
 from kinabs._results import TrainingResults
-from kinabs._trainer import Trainer, exponentiate_parameters, log_transform_parameters
 from kinabs._simulate import SimulationResult, amount, concentration, simulate
 from kinabs._system import OdeSystem, lower
+from kinabs._trainer import Trainer, exponentiate_parameters, log_transform_parameters
 from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
 
 __version__ = "0.1.0"

@@ -38,8 +38,12 @@ import sympy
 from kinabs._errors import UnsupportedFeatureError
 from kinabs._model import TIME
 from kinabs._ops import Quotient, Rem
+from kinabs._vectorize import group_by_template, vector_block
 
 __all__ = ["generate", "Generated", "BoundFunctions"]
+
+#: Expressions sharing one template are printed as one vector expression from this many on.
+MIN_GROUP = 8
 
 _UNARY = {
     sympy.exp: "exp", sympy.log: "log", sympy.Abs: "abs", sympy.floor: "floor",
@@ -66,9 +70,11 @@ class _Printer:
 
     def const(self, value: float | bool) -> str:
         if isinstance(value, bool):
-            text = f"ops.const_bool({value!r})"
-        else:
-            text = f"ops.const({_float(value)})"
+            return self.hoist(f"ops.const_bool({value!r})")
+        return self.hoist(f"ops.const({_float(value)})")
+
+    def hoist(self, text: str) -> str:
+        """A name for ``text`` (an ops call on literals), evaluated once when bound."""
         if text not in self.consts:
             self.consts[text] = f"_c{len(self.consts)}"
         return self.consts[text]
@@ -194,6 +200,8 @@ def _symbol_name(s: sympy.Symbol) -> str:
         return "_" + name[1:]
     if name.startswith("_x") and name[2:].isdigit():
         return name
+    if name.startswith("_g"):  # gathered arrays of kinabs._vectorize
+        return name
     raise UnsupportedFeatureError(name, "an id the model does not define (unresolved symbol)")
 
 
@@ -249,61 +257,79 @@ class Generated:
         return BoundFunctions(*fns, ops=ops)
 
 
+def _emit(pr: _Printer, exprs: Sequence[sympy.Expr], ind: str, arrays: dict, name: str,
+          like: str) -> list[str]:
+    """Statements leaving ``name`` = the stacked ``exprs``: vectorised over groups of
+    same-shaped expressions when there are any (see kinabs._vectorize), else scalar CSE."""
+    if group_by_template(exprs, min_group=MIN_GROUP):
+        return vector_block(pr, exprs, ind, arrays, name, like, min_group=MIN_GROUP)
+    lines, outs = _block(pr, exprs, ind, arrays)
+    return [*lines, f"{ind}{name} = ops.stack([{', '.join(outs)}], like={like})"]
+
+
 def generate(system) -> Generated:
-    """Generate the source of ``init``, ``rates``, ``rhs`` and ``outputs`` for ``system``."""
+    """Generate the source of ``init``, ``rates``, ``rhs``, ``outputs`` and ``to_state``."""
     pr = _Printer()
     body: list[str] = []
     ind = "        "
+    yk = {"y": "y", "k": "k"}
 
     # init(t, p) -> (y0, k)
-    lines, outs = _block(pr, [*system.init_y0, *system.init_derived], ind, {"p": "p"})
-    n_y = len(system.init_y0)
     body.append("    def init(t, p):")
-    body += lines
-    body.append(f"{ind}y0 = ops.stack([{', '.join(outs[:n_y])}], like=p)")
+    body += _emit(pr, system.init_y0, ind, {"p": "p"}, "y0", "p")
     if system.derived:
-        body.append(f"{ind}k = ops.concat(p, ops.stack([{', '.join(outs[n_y:])}], like=p))")
+        body += _emit(pr, system.init_derived, ind, {"p": "p"}, "d", "p")
+        body.append(f"{ind}k = ops.concat(p, d)")
     else:
         body.append(f"{ind}k = p")
     body.append(f"{ind}return y0, k")
 
     # rates(t, y, k)
-    lines, outs = _block(pr, system.rates, ind, {"y": "y", "k": "k"})
     body.append("    def rates(t, y, k):")
-    body += lines
-    body.append(f"{ind}return ops.stack([{', '.join(outs)}], like=y)")
+    body += _emit(pr, system.rates, ind, yk, "v", "y")
+    body.append(f"{ind}return v")
 
-    # rhs(t, y, k)
+    # rhs(t, y, k) = (v @ N) * scale + extra
     scale = list(system.scale) if system.scale is not None else []
     n_r, n_s = len(system.rates), len(system.extra)
     has_extra = any(e != 0 for e in system.extra)
-    exprs = [*system.rates, *scale, *(system.extra if has_extra else [])]
-    lines, outs = _block(pr, exprs, ind, {"y": "y", "k": "k"})
+    use_matrix = bool(n_r and system.stoichiometry.any())
     body.append("    def rhs(t, y, k):")
-    body += lines
-    terms = []
-    if n_r and system.stoichiometry.any():
-        body.append(f"{ind}dy = ops.matvec(ops.stack([{', '.join(outs[:n_r])}], like=y), N)")
+    exprs = [*system.rates, *scale, *(system.extra if has_extra else [])]
+    if group_by_template(exprs, min_group=MIN_GROUP):
+        body += vector_block(pr, system.rates, ind, yk, "v", "y", min_group=MIN_GROUP)
         if scale:
-            body.append(f"{ind}dy = dy * ops.stack([{', '.join(outs[n_r:n_r + n_s])}], like=y)")
+            body += vector_block(pr, scale, ind, yk, "sc", "y", min_group=MIN_GROUP)
+        if has_extra:
+            body += vector_block(pr, system.extra, ind, yk, "ex", "y", min_group=MIN_GROUP)
+        v, sc, ex = "v", "sc", "ex"
+    else:
+        lines, outs = _block(pr, exprs, ind, yk)
+        body += lines
+        v = f"ops.stack([{', '.join(outs[:n_r])}], like=y)"
+        sc = f"ops.stack([{', '.join(outs[n_r:n_r + n_s])}], like=y)"
+        ex = f"ops.stack([{', '.join(outs[n_r + len(scale):])}], like=y)"
+    terms = []
+    if use_matrix:
+        body.append(f"{ind}dy = ops.matvec({v}, N)")
+        if scale:
+            body.append(f"{ind}dy = dy * {sc}")
         terms.append("dy")
     if has_extra:
-        terms.append(f"ops.stack([{', '.join(outs[n_r + len(scale):])}], like=y)")
+        terms.append(ex)
     if not terms:
         terms.append("ops.zeros_like(y)")
     body.append(f"{ind}return {' + '.join(terms)}")
 
     # outputs(t, y, k)
-    lines, outs = _block(pr, system.output_exprs, ind, {"y": "y", "k": "k"})
     body.append("    def outputs(t, y, k):")
-    body += lines
-    body.append(f"{ind}return ops.stack([{', '.join(outs)}], like=y)")
+    body += _emit(pr, system.output_exprs, ind, yk, "out", "y")
+    body.append(f"{ind}return out")
 
     # to_state(t, y, k): factors from natural species values to state values
-    lines, outs = _block(pr, system.natural_to_state, ind, {"y": "y", "k": "k"})
     body.append("    def to_state(t, y, k):")
-    body += lines
-    body.append(f"{ind}return ops.stack([{', '.join(outs)}], like=y)")
+    body += _emit(pr, system.natural_to_state, ind, yk, "f", "y")
+    body.append(f"{ind}return f")
 
     head = ["# generated by kinabs._codegen; do not edit", "def make(ops, N):"]
     head += [f"    {name} = {text}" for text, name in pr.consts.items()]

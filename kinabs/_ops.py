@@ -52,7 +52,12 @@ OPERATIONS: dict[str, str] = {
     "zeros_like": "zeros of the same shape",
     "get": "component i of the last axis",
     "matvec": "v @ M for a constant matrix M made by ops.matrix (stoichiometry products)",
-    "matrix": "a constant float64 matrix from a numpy array",
+    "matrix": "a constant stoichiometry matrix (dense, or padded-sparse when large)",
+    "vector": "a constant float64 vector from a list of numbers",
+    "index": "a constant integer index vector from a list",
+    "take": "a[..., idx]: gather along the last axis",
+    "broadcast_to_last": "x broadcast to like.shape[:-1] + (m,)",
+    "concat_all": "join a list of arrays of one batch shape along the last axis",
     "pow": "x ** y, IEEE pow (NaN for a negative base and non-integer exponent)",
     "sqrt": "square root", "exp": "e ** x", "log": "natural logarithm",
     "abs": "absolute value", "floor": "round down", "ceil": "round up",
@@ -96,7 +101,25 @@ class ArrayApiOps:
         return self.xp.asarray(bool(value), device=self.device)
 
     def matrix(self, array: Any) -> Any:
-        return self.xp.asarray(array, dtype=self.dtype, device=self.device)
+        return StoichiometryMatrix.build(self, array)
+
+    def vector(self, values: list[float]) -> Any:
+        return self.xp.asarray(values, dtype=self.dtype, device=self.device)
+
+    def index(self, values: list[int]) -> Any:
+        return self.xp.asarray(values, dtype=self.xp.int64, device=self.device)
+
+    def take(self, a: Any, idx: Any) -> Any:
+        return a[..., idx]
+
+    def broadcast_to_last(self, x: Any, like: Any, m: int) -> Any:
+        shape = (*tuple(like.shape[:-1]), m)
+        if not hasattr(x, "shape"):
+            x = self.const(x)
+        return x if tuple(x.shape) == shape else self.xp.broadcast_to(x, shape)
+
+    def concat_all(self, arrays: list[Any]) -> Any:
+        return self.xp.concat(arrays, axis=-1)
 
     def stack(self, items: list[Any], like: Any) -> Any:
         xp = self.xp
@@ -120,7 +143,11 @@ class ArrayApiOps:
         return a[..., i]
 
     def matvec(self, v: Any, m: Any) -> Any:
-        return self.xp.matmul(v, m)
+        if m.dense is not None:
+            return self.xp.matmul(v, m.dense)
+        gathered = v[..., m.rows]  # (..., states * width)
+        gathered = self.xp.reshape(gathered, (*tuple(v.shape[:-1]), m.n_states, m.width))
+        return self.xp.sum(gathered * m.coef, axis=-1)
 
     # -- arithmetic functions --------------------------------------------------
     def pow(self, x, y):
@@ -238,6 +265,38 @@ class ArrayApiOps:
 
     def to_float(self, a):
         return self.xp.astype(a, self.dtype)
+
+
+class StoichiometryMatrix:
+    """A constant (reactions x states) matrix for ``v @ N``: dense when small, else each
+    state's nonzero column entries padded to the widest column (a gather, a multiply and
+    a sum: linear in the number of nonzeros, and array-API only)."""
+
+    #: matrices with more entries than this are stored padded-sparse
+    DENSE_LIMIT = 40_000
+
+    def __init__(self, dense=None, rows=None, coef=None, n_states=0, width=0):
+        self.dense, self.rows, self.coef = dense, rows, coef
+        self.n_states, self.width = n_states, width
+
+    @classmethod
+    def build(cls, ops: ArrayApiOps, array: Any) -> StoichiometryMatrix:
+        import numpy as np
+
+        a = np.asarray(array, dtype=np.float64)
+        if a.size <= cls.DENSE_LIMIT:
+            return cls(dense=ops.xp.asarray(a, dtype=ops.dtype, device=ops.device))
+        n_r, n_s = a.shape
+        columns = [np.flatnonzero(a[:, s]) for s in range(n_s)]
+        width = max(1, max(len(c) for c in columns))
+        rows = np.zeros((n_s, width), dtype=np.int64)
+        coef = np.zeros((n_s, width))
+        for s, c in enumerate(columns):
+            rows[s, :len(c)] = c
+            coef[s, :len(c)] = a[c, s]
+        return cls(rows=ops.xp.asarray(rows.ravel(), dtype=ops.xp.int64, device=ops.device),
+                   coef=ops.xp.asarray(coef, dtype=ops.dtype, device=ops.device),
+                   n_states=n_s, width=width)
 
 
 class _NumpyOps(ArrayApiOps):

@@ -47,13 +47,25 @@ def as_system(model: Model | OdeSystem) -> OdeSystem:
             f"expected a kinabs Model (from kinabs.load_sbml or ModelBuilder.build()) or an "
             f"OdeSystem; got {type(model).__name__}."
         )
-    key = model.fingerprint()
+    key = _content_key(model)
     cached = getattr(model, "_kinabs_system", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     system = lower(model)
     object.__setattr__(model, "_kinabs_system", (key, system))
     return system
+
+
+def _content_key(model: Model) -> int:
+    """A cheap in-process key of the model's content (sympy and frozen dataclasses hash
+    in O(1) once computed), to notice edits to a model between calls."""
+    return hash((
+        tuple(model.compartments.items()), tuple(model.species.items()),
+        tuple(model.parameters.items()),
+        tuple((r.id, r.rate, r.reactants, r.products) for r in model.reactions.values()),
+        tuple(model.assignment_rules.items()), tuple(model.rate_rules.items()),
+        tuple(model.initial_assignments.items()), model.conversion_factor,
+    ))
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,14 @@ def _ops(name):
         return numpy_ops(), np.asarray, np.asarray, contextlib.nullcontext
     if name == "jax":
         import jax
+
         from kinabs.backends.jax import JaxOps
 
         with jax.enable_x64(True):
             ops = JaxOps()
         return ops, jax.numpy.asarray, np.asarray, lambda: jax.enable_x64(True)
     import torch
+
     from kinabs.backends.torch import TorchOps
 
     return (TorchOps(), lambda a: torch.as_tensor(a), lambda a: a.cpu().numpy(),

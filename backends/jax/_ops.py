@@ -20,8 +20,5 @@ class JaxOps(ArrayApiOps):
     def const_bool(self, value: bool):
         return jnp.asarray(bool(value))
 
-    def matrix(self, array):
-        return jnp.asarray(array, dtype=jnp.float64)
-
     def gamma(self, x):
         return jsp.gamma(x)

@@ -11,6 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from kinabs._backend import Backend, RawSolution
+from kinabs._errors import BackendError
+from kinabs._options import AdjointOptions, SolverOptions
 from kinabs.backends.torch._module import Lowered, lowered
 from kinabs.backends.torch._ops import Columns, TorchOps
 from kinabs.backends.torch._solvers import (
@@ -19,10 +23,6 @@ from kinabs.backends.torch._solvers import (
     explicit_solve,
     rosenbrock_solve,
 )
-
-from kinabs._backend import Backend, RawSolution
-from kinabs._errors import BackendError
-from kinabs._options import AdjointOptions, SolverOptions
 
 __all__ = ["TorchBackend", "solve", "AUTO_EXPLICIT_STEP_CAP"]
 

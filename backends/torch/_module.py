@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from kinabs.backends.torch._ops import TorchOps
 
 from kinabs._errors import UnsupportedFeatureError
+from kinabs.backends.torch._ops import TorchOps
 
 __all__ = ["VectorField", "lowered", "Lowered", "TorchSolution"]
 

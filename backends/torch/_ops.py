@@ -67,9 +67,6 @@ class TorchOps(ArrayApiOps):
     def const_bool(self, value: bool) -> torch.Tensor:
         return torch.tensor(bool(value), device=self.device)
 
-    def matrix(self, array: Any) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=self.dtype, device=self.device)
-
     def stack(self, items: list[Any], like: Any) -> torch.Tensor:
         shape = tuple(like.shape[:-1])
         if not items:
@@ -93,8 +90,10 @@ class TorchOps(ArrayApiOps):
     def concat(self, a, b):
         return torch.cat([a, b], dim=-1)
 
-    def matvec(self, v, m):
-        return torch.matmul(v, m)
+    def take(self, a, idx):
+        if type(a) is Columns:
+            a = a.tensor
+        return a[..., idx]
 
     # -- hot arithmetic: direct torch calls (all operands share one float dtype) --
     def pow(self, x, y):

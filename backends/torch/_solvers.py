@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
 
 __all__ = [

@@ -42,13 +42,13 @@ from typing import Any
 import array_api_compat.torch as xp
 import numpy as np
 import torch
-from kinabs.backends.torch._backend import _adjoint_flag, solve
-from kinabs.backends.torch._module import lowered
-from kinabs.backends.torch._solvers import Rosenbrock, TorchDiffEq
 
 from kinabs._errors import BackendError
 from kinabs._losses import DEFAULT_TERMS
 from kinabs._problem import FitProblem, TrainingProgram
+from kinabs.backends.torch._backend import _adjoint_flag, solve
+from kinabs.backends.torch._module import lowered
+from kinabs.backends.torch._solvers import Rosenbrock, TorchDiffEq
 
 __all__ = ["TorchTrainingProgram", "AdaBelief", "ClipUpdates", "default_optimizer",
            "check_optimizer", "CHUNK"]
