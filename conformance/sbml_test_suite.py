@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import queue
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -373,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the sbml-test-suite folder (default: $KINABS_SBML_TEST_SUITE or "
                          "../shared/sbml-test-suite)")
     args = ap.parse_args(argv)
+    # a terminated run still stops its workers (the pool closes in a finally block)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     suite = args.suite or default_suite_dir()
     if not (suite / "cases-index.tsv").exists():

@@ -87,17 +87,8 @@ def test_round_trip_simulates_identically(name):
     _check_same_simulation(DATA / "models" / f"{name}.xml")
 
 
-# Boundary species without an initial value (h, h2o, pho, ppi; used in no rate law) become
-# free parameters with a NaN default, which kinabs.simulate rejects before solving.
-_SIMULATE_XFAIL = {"Smallbone2011_TrehaloseBiosynthesis": "boundary species without a value "
-                   "are NaN free parameters; simulate() rejects them (lowering issue)"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(reason=_SIMULATE_XFAIL[p.stem],
-                                            raises=kinabs.DataError, strict=True))
-    if p.stem in _SIMULATE_XFAIL else p for p in MODELS], ids=[p.stem for p in MODELS])
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_round_trip_simulates_identically_all_models(path):
     _check_same_simulation(path)
 
