@@ -34,6 +34,7 @@ def program_key(*parts: Any) -> str:
     import kinabs
 
     h = hashlib.sha256()
+    h.update(_source_digest())
     for part in (kinabs.__version__, jax.__version__, diffrax.__version__, optax.__version__,
                  *parts):
         if isinstance(part, np.ndarray):
@@ -43,6 +44,29 @@ def program_key(*parts: Any) -> str:
             h.update(repr(part).encode())
         h.update(b"|")
     return h.hexdigest()[:32]
+
+
+_SOURCES = ("kinabs/_losses.py", "kinabs/_ops.py", "kinabs/backends/jax/_train.py",
+            "kinabs/backends/jax/_backend.py", "kinabs/backends/jax/_ops.py",
+            "kinabs/backends/jax/_program_cache.py")
+_DIGEST: bytes | None = None
+
+
+def _source_digest() -> bytes:
+    """Hash of the code that shapes a traced program, so an edited kinabs never loads a
+    program traced by an older one."""
+    global _DIGEST
+    if _DIGEST is None:
+        import importlib.util
+
+        h = hashlib.sha256()
+        for rel in _SOURCES:
+            module = rel[:-3].replace("/", ".")
+            spec = importlib.util.find_spec(module)
+            if spec is not None and spec.origin:
+                h.update(Path(spec.origin).read_bytes())
+        _DIGEST = h.digest()
+    return _DIGEST
 
 
 def cached_jit(fn: Any, example_args: tuple, key: str | None):

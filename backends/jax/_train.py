@@ -98,27 +98,26 @@ class JaxTrainingProgram(TrainingProgram):
         with jax.enable_x64(True):
             method = problem.solver.method
             if method == "auto":
-                # explicit first; starts that run out of steps redo the iteration implicitly
+                # Explicit first. A start that runs out of steps (or blows up) goes on with
+                # the implicit solver, in a second program compiled only if one does.
                 cap = min(problem.solver.max_steps, AUTO_TRAIN_EXPLICIT_STEPS)
-                self._loss_fn = self._make_loss("nonstiff", cap)
-                self._fallback_fn = self._make_loss("stiff", problem.solver.max_steps)
+                self._loss_fns = {"main": self._make_loss("nonstiff", cap),
+                                  "stiff": self._make_loss("stiff", problem.solver.max_steps)}
             else:
-                self._loss_fn = self._make_loss(method, problem.solver.max_steps)
-                self._fallback_fn = None
+                self._loss_fns = {"main": self._make_loss(method, problem.solver.max_steps)}
+            self._loss_fn = self._loss_fns["main"]
             self._loss_one = lambda theta: self._loss_fn(theta, True)
-            self._run_fn = self._make_run()
-            self._runs: dict[int, Any] = {}
+            self._runs: dict[tuple[str, int], Any] = {}
             self._loss_batch = None
-            self._treedef = None
 
-    def _key(self, n: int) -> str | None:
+    def _key(self, which: str, n: int) -> str | None:
         pb = self.problem
         if self._optimizer_key is None or pb.loss is not None:
             return None
         parts: list[Any] = [pb.system.generated.source, pb.system.generated.stoichiometry,
                             pb.base_parameters, pb.train_index, pb.space, repr(pb.solver),
                             repr(pb.adjoint), pb.loss_threshold, self.chunk, n,
-                            self._optimizer_key]
+                            self._optimizer_key, which, AUTO_TRAIN_EXPLICIT_STEPS]
         for e in pb.experiments:
             parts += [e.t0, e.times, e.values, e.output_index, e.y0, e.y0_mask, e.p_index,
                       e.p_values]
@@ -126,20 +125,27 @@ class JaxTrainingProgram(TrainingProgram):
 
         return program_key(*parts)
 
-    def _run(self, state, n_active):
-        """The compiled chunk for this batch size (traced once, or loaded from disk)."""
-        leaves, treedef = jax.tree.flatten(state)
+    def _run(self, which: str, carry, budget, probe):
+        """Run the compiled chunk of program ``which`` (traced once per batch size, or
+        loaded from disk): member m runs ``budget[m]`` iterations; ``probe[m]`` asks for
+        its loss at its current parameters (in ``carry[4]``)."""
+        leaves, treedef = jax.tree.flatten(carry)
         n = leaves[0].shape[0]
-        if n not in self._runs:
+        budget = jnp.asarray(budget, dtype=jnp.int32)
+        probe = jnp.asarray(probe, dtype=bool)
+        if (which, n) not in self._runs:
             from kinabs.backends.jax._program_cache import cached_jit
 
-            def flat(leaves, n_active, _treedef=treedef):
-                carry, losses = self._run_fn(jax.tree.unflatten(_treedef, leaves), n_active)
+            run = self._make_run(self._loss_fns[which])
+
+            def flat(leaves, budget, probe, _treedef=treedef):
+                carry, losses = run(jax.tree.unflatten(_treedef, leaves), budget, probe)
                 return jax.tree.leaves(carry), losses
 
-            self._runs[n] = cached_jit(flat, (leaves, n_active), self._key(n))
-        new_leaves, losses = self._runs[n](leaves, n_active)
-        return jax.tree.unflatten(treedef, new_leaves), losses
+            self._runs[which, n] = cached_jit(flat, (leaves, budget, probe),
+                                              self._key(which, n))
+        new_leaves, losses = self._runs[which, n](leaves, budget, probe)
+        return jax.tree.unflatten(treedef, new_leaves), np.asarray(losses)
 
     # -- the loss of one initialisation ----------------------------------------
     def _make_loss(self, method: Any, max_steps: int):
@@ -242,35 +248,17 @@ class JaxTrainingProgram(TrainingProgram):
         return loss
 
     # -- the compiled chunk -----------------------------------------------------
-    def _make_run(self):
+    def _make_run(self, loss_fn):
         opt = self.optimizer
-        forward = self.problem.adjoint.method == "forward"
-        vg = jax.vmap(_value_and_grad(self._loss_fn, forward))
-        vg_stiff = (jax.vmap(_value_and_grad(self._fallback_fn, forward))
-                    if self._fallback_fn is not None else None)
+        vg = jax.vmap(_value_and_grad(loss_fn, self.problem.adjoint.method == "forward"))
         threshold = self.problem.loss_threshold
         chunk = self.chunk
 
-        def value_and_grad(theta, active):
-            (loss, st), grad = vg(theta, active)
-            if vg_stiff is None:
-                return loss, st, grad
-            need = active & (st == 1)
-
-            def redo(_):
-                (l2, s2), g2 = vg_stiff(theta, need)
-                return (jnp.where(need, l2, loss), jnp.where(need, s2, st),
-                        jnp.where(need[:, None], g2, grad))
-
-            # a real branch: the implicit solve runs only in iterations that need it
-            return jax.lax.cond(jnp.any(need), redo, lambda _: (loss, st, grad), None)
-
-        def step(carry, i, n_active):
+        def step(carry, i, budget, probe_mask):
             theta, opt_state, status, stopped, probe = carry
-            live = (status == 0) & ~stopped & (i < n_active)
-            # iteration n_active only probes the loss of the final parameters
-            probing = (i == n_active) & (status == 0)
-            loss, st, grad = value_and_grad(theta, live | probing)
+            live = (status == 0) & ~stopped & (i < budget)
+            probing = (i == 0) & probe_mask & (status == 0)
+            (loss, st), grad = vg(theta, live | probing)
             ok = (st == 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=1)
             probe = jnp.where(probing, jnp.where(ok, loss, jnp.nan), probe)
             updates, new_state = jax.vmap(opt.update)(grad, opt_state, theta)
@@ -286,14 +274,17 @@ class JaxTrainingProgram(TrainingProgram):
             recorded = jnp.where(live, jnp.where(ok, loss, jnp.nan), jnp.nan)
             return (theta, opt_state, status, stopped, probe), recorded
 
-        def run(carry, n_active):
+        def run(carry, budget, probe_mask):
             n = carry[0].shape[0]
+            last = jnp.max(budget)
+            any_probe = jnp.any(probe_mask)
 
             def body(carry, i):
-                # a real branch (the predicate is not batched): iterations past the end of
-                # the run cost nothing, so one program serves every chunk length
+                # a real branch (the predicate is not batched): iterations past every
+                # member's budget cost nothing, so one program serves every round length
                 return jax.lax.cond(
-                    i <= n_active, lambda c: step(c, i, n_active),
+                    (i < last) | ((i == 0) & any_probe),
+                    lambda c: step(c, i, budget, probe_mask),
                     lambda c: (c, jnp.full((n,), jnp.nan)), carry)
 
             carry, losses = jax.lax.scan(body, carry, jnp.arange(chunk))
@@ -307,41 +298,68 @@ class JaxTrainingProgram(TrainingProgram):
             th = jnp.asarray(theta, dtype=jnp.float64)
             opt_state = jax.vmap(self.optimizer.init)(th)
             n = th.shape[0]
-            return (th, opt_state, jnp.zeros(n, dtype=jnp.int32), jnp.zeros(n, dtype=bool),
-                    jnp.full((n,), jnp.nan))
+            carry = (th, opt_state, jnp.zeros(n, dtype=jnp.int32), jnp.zeros(n, dtype=bool),
+                     jnp.full((n,), jnp.nan))
+            return _State(carry, np.zeros(n, dtype=np.int8))
 
     def run(self, state, n_iter):
+        """``n_iter`` (<= chunk) iterations of every live start; starts that fail with the
+        explicit solver in "auto" mode finish the chunk with the implicit one."""
         with jax.enable_x64(True):
-            state, losses = self._run(state, jnp.asarray(n_iter, dtype=jnp.int32))
-            return state, np.asarray(losses)[:, :n_iter]
+            carry, mode = state.carry, state.mode.copy()
+            n = mode.shape[0]
+            status0 = np.asarray(carry[2])
+            zeros = np.zeros(n, dtype=bool)
+            carry, main = self._run("main", carry, np.where(mode == 0, n_iter, 0), zeros)
+            losses = main[:, :n_iter].copy()
+            if "stiff" in self._loss_fns:
+                status = np.asarray(carry[2])
+                switch = (mode == 0) & (status0 == 0) & np.isin(status, (1, 2, 3))
+                done = np.where(switch, np.sum(np.isfinite(losses), axis=1), 0)
+                if switch.any():
+                    mode[switch] = 1
+                    carry = (*carry[:2], jnp.where(jnp.asarray(switch), 0, carry[2]),
+                             *carry[3:])
+                live = (mode == 1) & (np.asarray(carry[2]) == 0) & ~np.asarray(carry[3])
+                budget = np.where(live, n_iter - done, 0)
+                if budget.any():
+                    carry, stiff = self._run("stiff", carry, budget, zeros)
+                    for m in np.flatnonzero(budget):
+                        losses[m, done[m]:] = stiff[m, :budget[m]]
+            return _State(carry, mode), losses
 
     def reset(self, state, mask, theta):
         with jax.enable_x64(True):
-            th, opt_state, status, stopped, probe = state
+            th, opt_state, status, stopped, probe = state.carry
             m = jnp.asarray(mask)
             new_th = jnp.where(m[:, None], jnp.asarray(theta), th)
             fresh = jax.vmap(self.optimizer.init)(new_th)
             opt_state = jax.tree.map(
                 lambda n, o: jnp.where(m.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
                 fresh, opt_state)
-            return (new_th, opt_state, jnp.where(m, 0, status), jnp.where(m, False, stopped),
-                    probe)
+            carry = (new_th, opt_state, jnp.where(m, 0, status), jnp.where(m, False, stopped),
+                     probe)
+            return _State(carry, np.where(np.asarray(mask), 0, state.mode).astype(np.int8))
 
     def theta(self, state):
-        return np.asarray(state[0])
+        return np.asarray(state.carry[0])
 
     def status(self, state):
-        return np.asarray(state[2])
+        return np.asarray(state.carry[2])
 
     def stopped(self, state):
-        return np.asarray(state[3])
+        return np.asarray(state.carry[3])
 
     def final_loss(self, state):
-        """Loss at the current parameters of every member (one probing iteration of the
-        same compiled program: no second compilation)."""
+        """Loss at the current parameters of every member (a probing pass of the same
+        compiled programs: no further compilation)."""
         with jax.enable_x64(True):
-            state, _ = self._run(state, jnp.asarray(0, dtype=jnp.int32))
-            return np.asarray(state[4])
+            carry, mode = state.carry, state.mode
+            n = mode.shape[0]
+            for code, which in ((0, "main"), (1, "stiff")):
+                if which in self._loss_fns and np.any(mode == code):
+                    carry, _ = self._run(which, carry, np.zeros(n, np.int32), mode == code)
+            return np.asarray(carry[4])
 
     def loss(self, theta):
         with jax.enable_x64(True):
@@ -349,3 +367,13 @@ class JaxTrainingProgram(TrainingProgram):
                 self._loss_batch = jax.jit(jax.vmap(self._loss_one))
             loss, status = self._loss_batch(jnp.asarray(theta, dtype=jnp.float64))
             return np.asarray(loss), np.asarray(status)
+
+
+class _State:
+    """Training state: the compiled programs' carry and each start's solver (0 explicit,
+    1 implicit after the explicit solver failed it)."""
+
+    __slots__ = ("carry", "mode")
+
+    def __init__(self, carry, mode):
+        self.carry, self.mode = carry, mode
