@@ -31,6 +31,9 @@ def mean_centered_terms(pred: Any, obs: Any, mask: Any, xp: Any) -> tuple[Any, A
     maskf = xp.astype(mask, pred.dtype)
     count = xp.sum(maskf, axis=0)
     scale = xp.sum(maskf * (obs0 + 1.0), axis=0) / xp.maximum(count, 1.0)
+    # an unmeasured species (or one whose shifted mean is 0) must not put inf/NaN into
+    # the gradient through the masked branch
+    scale = xp.where(scale == 0.0, 1.0, scale)
     resid = xp.where(mask, (pred - obs0) / scale, 0.0)
     return xp.sum(resid * resid), xp.sum(maskf)
 

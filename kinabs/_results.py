@@ -118,7 +118,10 @@ class TrainingResults:
         meta = dict(later.meta)
         meta["n_iter"] = int(self.loss_history.shape[1] + later.loss_history.shape[1])
         meta["seconds"] = float(self.meta.get("seconds", 0) + later.meta.get("seconds", 0))
-        return replace(later, initial_parameters=self.initial_parameters,
+        restarts = later.restarts
+        if self.restarts is not None and later.restarts is not None:
+            restarts = self.restarts + later.restarts
+        return replace(later, initial_parameters=self.initial_parameters, restarts=restarts,
                        loss_history=np.concatenate([self.loss_history, later.loss_history], 1),
                        meta=meta)
 

@@ -29,7 +29,7 @@ def latin_hypercube(base: Mapping[str, float], *, lower_bound: float, upper_boun
     """``n`` Latin hypercube samples around ``base`` as a DataFrame (one row per sample)."""
     import pandas as pd
 
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise DataError(f"the number of samples N must be a positive integer; got {n!r}.")
     lo, hi = float(lower_bound), float(upper_bound)
     if not (np.isfinite(lo) and np.isfinite(hi)):

@@ -66,37 +66,33 @@ def _jax_value_and_grad(program, theta):
 # -- the same numbers as on JAX ----------------------------------------------------------
 @pytest.mark.parametrize("space", ["log", "linear"])
 def test_loss_and_gradient_match_jax(model, space):
-    """At the true parameters (tight tolerances: the loss there is ~1e-14, all solver
-    error) and at three Latin hypercube sets (the Trainer's default solver)."""
+    """At the true parameters and at three Latin hypercube sets. Tight tolerances: the
+    loss at the true parameters is ~1e-14, all of it rounding of the data and solver
+    error, so a relative 1e-6 needs solutions good to ~1e-14."""
     pytest.importorskip("jax")
-    for solver, sets in ((TIGHT, "truth"), (None, "lhs")):
-        kw = {} if solver is None else dict(solver=solver)
-        out = {}
-        for backend in ("jax", "torch"):
-            tr = kinabs.Trainer(model=model, data=kinabs.example_data_path(), backend=backend,
-                                optim_space=space, progress=False, **kw)
-            if sets == "truth":
-                linear = _truth(model, tr)
-            else:
-                linear = tr.latinhypercube_sampling(model.parameter_values(), lower_bound=0.5,
-                                                    upper_bound=2.0, N=3, seed=0).to_numpy()
-            theta = np.log2(linear) if space == "log" else linear
-            program = tr._get_program()
-            if backend == "jax":
-                out[backend] = _jax_value_and_grad(program, theta)
-            else:
-                loss, status, grad = program.value_and_grad(theta)
-                np.testing.assert_array_equal(status, 0)
-                out[backend] = loss, grad
-        (lj, gj), (lt, gt) = out["jax"], out["torch"]
-        assert np.all(lj > 0) and np.all(np.isfinite(gj))
-        np.testing.assert_allclose(lt, lj, rtol=1e-6, err_msg=sets)
-        for a, b in zip(gt, gj):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(),
-                                       err_msg=sets)
+    out = {}
+    for backend in ("jax", "torch"):
+        tr = kinabs.Trainer(model=model, data=kinabs.example_data_path(), backend=backend,
+                            optim_space=space, progress=False, solver=TIGHT)
+        lhs = tr.latinhypercube_sampling(model.parameter_values(), lower_bound=0.5,
+                                         upper_bound=2.0, N=3, seed=0).to_numpy()
+        linear = np.vstack([_truth(model, tr), lhs])
+        theta = np.log2(linear) if space == "log" else linear
+        program = tr._get_program()
+        if backend == "jax":
+            out[backend] = _jax_value_and_grad(program, theta)
+        else:
+            loss, status, grad = program.value_and_grad(theta)
+            np.testing.assert_array_equal(status, 0)
+            out[backend] = loss, grad
+    (lj, gj), (lt, gt) = out["jax"], out["torch"]
+    assert lj[0] < 1e-12 and np.all(lj[1:] > 1e-5) and np.all(np.isfinite(gj))
+    np.testing.assert_allclose(lt, lj, rtol=1e-6)
+    for a, b in zip(gt, gj):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "default"])
+@pytest.mark.parametrize("optimizer", ["adam", pytest.param("default", marks=pytest.mark.slow)])
 def test_training_curves_match_jax(model, optimizer):
     """Ten iterations from the same starts: Adam (same learning rate in optax and
     torch.optim), and each backend's default (AdaBelief with updates clipped per start)."""
@@ -177,8 +173,8 @@ def test_failed_start_is_frozen_with_its_status(frozen):
     assert both.status == ["failed: max_steps_reached", "ok", "ok"]
     assert np.isnan(both.loss_history[0]).all()
     assert np.isnan(both.final_loss[0])
-    np.testing.assert_array_equal(both.parameters.iloc[0].to_numpy(),
-                                  both.initial_parameters.iloc[0].to_numpy())
+    np.testing.assert_allclose(both.parameters.iloc[0].to_numpy(),
+                               both.initial_parameters.iloc[0].to_numpy(), rtol=1e-15)
     state = both._state
     assert not state.optimizer.state.get(state.params[0])  # never stepped
     assert int(state.optimizer.state[state.params[1]]["step"]) == 3
@@ -221,8 +217,8 @@ def test_loss_threshold_stops_a_start_at_the_parameters_that_met_it(model):
     res = tr.train()
     assert res.loss_history[0, 0] < 1e-10 and np.isnan(res.loss_history[0, 1:]).all()
     assert np.isfinite(res.loss_history[1]).all()
-    np.testing.assert_array_equal(res.parameters.iloc[0].to_numpy(),
-                                  res.initial_parameters.iloc[0].to_numpy())
+    np.testing.assert_allclose(res.parameters.iloc[0].to_numpy(),
+                               res.initial_parameters.iloc[0].to_numpy(), rtol=1e-15)
     assert res.final_loss[0] < 1e-10 and res.status == ["ok", "ok"]
     assert list(res.summary().sort_index()["iterations"]) == [1, 3]
 
@@ -252,9 +248,9 @@ def test_custom_loss_receives_tensors_and_matches_the_default(model):
 
 
 @pytest.mark.parametrize("value, match", [
-    (lambda p, ts, ys: torch.zeros(2, dtype=torch.float64), "scalar"),
-    (lambda p, ts, ys: np.float64(1.0), "torch tensor"),
-    (lambda p, ts, ys: sum(p.values()).float(), "float32"),
+    (lambda params, ts, ys: torch.zeros(2, dtype=torch.float64), "scalar"),
+    (lambda params, ts, ys: np.float64(1.0), "torch tensor"),
+    (lambda params, ts, ys: sum(params.values()).float(), "float32"),
 ])
 def test_custom_loss_errors(model, value, match):
     tr = _trainer(model, n_iter=1, n=1, loss=value)

@@ -30,6 +30,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SEED = 11
 SPECIES = ["php", "pser"]
 SOLVER = kinabs.SolverOptions(max_steps=20_000)  # the Trainer's default solver
+# Explicit only: an "auto" training program also traces the implicit fallback, which
+# doubles its compile time; tests that are not about the solver use this one.
+EXPLICIT = kinabs.SolverOptions(method="nonstiff", max_steps=20_000)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -312,7 +315,7 @@ def two_experiments(model):
     b.iloc[2, 0] = np.nan
     b.iloc[4, 1] = np.nan
     trainer = kinabs.Trainer(model=model, data=[a, b], n_iter=8, progress=False,
-                             loss_threshold=1e-12)
+                             loss_threshold=1e-12, solver=EXPLICIT)
     truth = model.parameter_values()
     trainer.parameter_sets = pd.DataFrame([truth, {k: 1.5 * v for k, v in truth.items()}])
     return trainer, trainer.train()
@@ -384,7 +387,8 @@ def test_plot_fit_two_experiments(two_experiments, tmp_path):
 def test_linear_space_uses_mean_squared_error(model):
     truth = model.parameter_values()
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=4,
-                             optim_space="linear", optimizer=optax.adam(1e-5), progress=False)
+                             optim_space="linear", optimizer=optax.adam(1e-5), progress=False,
+                             solver=EXPLICIT)
     trainer.parameter_sets = pd.DataFrame([{k: 1.2 * v for k, v in truth.items()},
                                            {k: 0.9 * v for k, v in truth.items()}])
     res = trainer.train()

@@ -66,14 +66,14 @@ def _value_and_grad(loss_one, forward: bool):
     if not forward:
         return jax.value_and_grad(loss_one, has_aux=True)
 
-    def f(theta):
-        loss, status = loss_one(theta)
+    def f(theta, active):
+        loss, status = loss_one(theta, active)
         return loss, (loss, status)
 
     jac = jax.jacfwd(f, has_aux=True)
 
-    def vg(theta):
-        grad, (loss, status) = jac(theta)
+    def vg(theta, active):
+        grad, (loss, status) = jac(theta, active)
         return (loss, status), grad
 
     return vg
@@ -131,8 +131,12 @@ class JaxTrainingProgram(TrainingProgram):
         its loss at its current parameters (in ``carry[4]``)."""
         leaves, treedef = jax.tree.flatten(carry)
         n = leaves[0].shape[0]
-        budget = jnp.asarray(budget, dtype=jnp.int32)
-        probe = jnp.asarray(probe, dtype=bool)
+        # Committed inputs only: a jitted call caches on committed-ness, and the carry it
+        # returns is committed, so uncommitted first inputs would cost a second compile.
+        device = jax.devices()[0]
+        leaves, budget, probe = jax.device_put(
+            (leaves, jnp.asarray(budget, dtype=jnp.int32), jnp.asarray(probe, dtype=bool)),
+            device)
         if (which, n) not in self._runs:
             from kinabs.backends.jax._program_cache import cached_jit
 
@@ -264,13 +268,16 @@ class JaxTrainingProgram(TrainingProgram):
             updates, new_state = jax.vmap(opt.update)(grad, opt_state, theta)
             new_theta = optax.apply_updates(theta, updates)
             do = live & ok
+            if threshold is not None:
+                # a start whose loss is below the threshold stops at these parameters
+                reached = do & (loss < threshold)
+                stopped = stopped | reached
+                do = do & ~reached
             theta = jnp.where(do[:, None], new_theta, theta)
             opt_state = jax.tree.map(
                 lambda n, o: jnp.where(do.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
                 new_state, opt_state)
             status = jnp.where(live & ~ok, jnp.where(st != 0, st, 4), status)
-            if threshold is not None:
-                stopped = stopped | (do & (loss < threshold))
             recorded = jnp.where(live, jnp.where(ok, loss, jnp.nan), jnp.nan)
             return (theta, opt_state, status, stopped, probe), recorded
 
@@ -299,7 +306,7 @@ class JaxTrainingProgram(TrainingProgram):
             opt_state = jax.vmap(self.optimizer.init)(th)
             n = th.shape[0]
             carry = (th, opt_state, jnp.zeros(n, dtype=jnp.int32), jnp.zeros(n, dtype=bool),
-                     jnp.full((n,), jnp.nan))
+                     jnp.full((n,), jnp.nan, dtype=jnp.float64))
             return _State(carry, np.zeros(n, dtype=np.int8))
 
     def run(self, state, n_iter):

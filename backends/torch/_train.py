@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -414,7 +415,9 @@ class TorchTrainingProgram(TrainingProgram):
     def _copy(self, state: _State) -> _State:
         params = [p.detach().clone().requires_grad_(True) for p in state.params]
         opt = self._make_optimizer(params)
-        opt.load_state_dict(state.optimizer.state_dict())  # deep-copies the state
+        # load_state_dict keeps tensors that already have the right dtype and device, and
+        # optimizers update their state in place: copy it, or the old state would move
+        opt.load_state_dict(copy.deepcopy(state.optimizer.state_dict()))
         return _State(params, opt, state.status.copy(), state.stopped.copy())
 
     # -- TrainingProgram API ----------------------------------------------------------
