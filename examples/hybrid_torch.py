@@ -8,7 +8,7 @@ kinetic parameters (log values, starting 2x off) are trained together with torch
 through a torchdiffeq solve, on synthetic data from four initial conditions.
 
 Run:  python examples/hybrid_torch.py [--quick] [--iters N] [--seed S]
-(--quick trains for a few seconds; the tests run it that way.)
+(--quick trains 80 iterations, under a minute; the tests run it that way.)
 """
 
 import argparse

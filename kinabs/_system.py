@@ -258,17 +258,18 @@ class _Lowering:
         # Constants: everything not a state and not assigned.
         ruled = set(m.assignment_rules) | set(m.rate_rules)
         free, free_kinds, defaults, derived = [], [], [], []
-        self.no_value: list[str] = []
+        self.fixed: dict[str, tuple[str, float | None]] = {}
         state_set = set(states)
 
         def add_constant(x: str, kind: str, value: float | None) -> None:
             if x in ruled or x in state_set:
                 return
-            if x in m.initial_assignments or value is None:
-                # without a value it is no parameter: NaN (an error where math uses it)
+            if x in m.initial_assignments or value is None or not np.isfinite(value):
+                # No value (NaN; an error where math uses it) or an infinite one: a fixed
+                # constant, not a parameter to set or fit.
                 derived.append(x)
                 if x not in m.initial_assignments:
-                    self.no_value.append(x)
+                    self.fixed[x] = (kind, value)
                 return
             free.append(x)
             free_kinds.append(kind)
@@ -326,8 +327,8 @@ class _Lowering:
             if value is None and x not in m.initial_assignments:
                 raise ModelError(f"'{x}' changes over time but has no initial value; give it "
                                  "a value or an initial assignment.")
-        for x in self.no_value:
-            if x in used:
+        for x, (_, value) in self.fixed.items():
+            if value is None and x in used:
                 raise ModelError(f"'{x}' is used in the model's math but has no value; give "
                                  "it a value or an initial assignment.")
 
@@ -384,8 +385,13 @@ class _Lowering:
     def resolve_initial(self) -> dict[str, sympy.Expr]:
         m = self.m
         base: dict[str, sympy.Expr] = {"@time": TIME, **self.ref_numbers}
-        base.update({x: sympy.nan for x in self.no_value})
         defs = self._common_defs()
+        for x, (kind, value) in self.fixed.items():
+            v = sympy.nan if value is None else sympy.sympify(float(value))
+            if x in m.species:
+                defs[x] = self._species_defs_from_attr(x, v, kind)
+            else:
+                base[x] = v
         for j, (x, kind) in enumerate(zip(self.free, self.free_kinds)):
             if x in m.species:
                 defs[x] = self._species_defs_from_attr(x, p_symbol(j), kind)

@@ -90,9 +90,9 @@ def test_gradient_wrt_inputs(field):
             field.fixed[i] = v
             return _objective(field).item()
 
-    h = 1e-6 * fixed[i].item()
+    h = 1e-4 * fixed[i].item()
     fd = (f(fixed[i].item() + h) - f(fixed[i].item() - h)) / (2 * h)
-    assert grad == pytest.approx(fd, rel=1e-5)
+    assert grad != 0 and grad == pytest.approx(fd, rel=1e-4)
 
 
 def test_batched_field_gradients_are_per_member(model):

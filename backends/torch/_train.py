@@ -75,8 +75,8 @@ class AdaBelief(torch.optim.Optimizer):
         >>> p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
         >>> opt = AdaBelief([p], lr=0.1)
         >>> p.grad = torch.tensor([1.0, -2.0], dtype=torch.float64); opt.step()
-        >>> p.detach()
-        tensor([-0.1000,  0.1000], dtype=torch.float64)
+        >>> p.detach()  # first step: lr * g / (0.9 |g|)
+        tensor([-0.1111,  0.1111], dtype=torch.float64)
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
