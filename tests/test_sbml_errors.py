@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import kinabs
 from kinabs import ModelError, SBMLError, UnsupportedFeatureError
+from tests._shared import SHARED
 
 L3V2 = "http://www.sbml.org/sbml/level3/version2/core"
 MATHML = "http://www.w3.org/1998/Math/MathML"
-SUITE = Path("/work/shared/sbml-test-suite/semantic")
+SUITE = SHARED / "sbml-test-suite" / "semantic"
 
 
 def math(body: str) -> str:

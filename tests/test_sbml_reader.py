@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import sympy
@@ -11,10 +9,11 @@ import sympy
 import kinabs
 from kinabs import SolverOptions
 from kinabs._model import AVOGADRO, TIME, sym
+from tests._shared import SHARED
 
 SOLVER = SolverOptions(rtol=1e-10, atol=1e-12)
 TIMES = np.array([0.0, 0.5, 1.0, 2.0])
-SUITE = Path("/work/shared/sbml-test-suite/semantic")
+SUITE = SHARED / "sbml-test-suite" / "semantic"
 
 
 def document(*, compartments: str = '<compartment id="c" size="2" constant="true"/>',

@@ -16,8 +16,9 @@ from kinabs import Compartment, Model, ModelError, Parameter, Reaction, Species
 from kinabs import SpeciesReference as Ref
 from kinabs._model import TIME, RateOf, sym
 from kinabs._ops import Quotient, Rem
+from tests._shared import SHARED
 
-DATA = Path("/work/shared/data/jaxkineticmodel")
+DATA = SHARED / "data" / "jaxkineticmodel"
 MODELS = sorted((DATA / "models").glob("*.xml"))
 FAST_MODELS = ["Smallbone2013_SerineBiosynthesis", "simple_sbml"]
 SOLVER = kinabs.SolverOptions(rtol=1e-8, atol=1e-10, max_steps=20_000)
