@@ -86,8 +86,6 @@ def test_join_rejects_different_numbers_of_starts():
         r.join(other)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: join keeps only the later round's "
-                   "restarts (kinabs/_results.py, TrainingResults.join)")
 def test_join_adds_restarts_of_both_rounds():
     first, later = _results(restarts=(0, 2, 0)), _results(restarts=(1, 0, 0))
     np.testing.assert_array_equal(first.join(later).restarts, [1, 2, 0])

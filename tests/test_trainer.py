@@ -598,9 +598,6 @@ def test_resample_failed_replaces_failed_starts(failing):
 
 
 # -- the default loss's gradient with a species that is never measured -------------------
-@pytest.mark.xfail(strict=True, reason="library bug: mean_centered_terms divides by a zero "
-                   "scale for a column with no observed value; jnp.where passes NaN to the "
-                   "gradient (kinabs/_losses.py)")
 def test_mean_centred_gradient_with_an_unmeasured_species():
     from kinabs._losses import mean_centered_terms
 
