@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", choices=("jax", "torch"), default=None)
     f.add_argument("--rtol", type=float, default=1e-8)
     f.add_argument("--atol", type=float, default=1e-10)
-    f.add_argument("--max-steps", type=int, default=20_000)
+    f.add_argument("--max-steps", type=int, default=4096)
     f.add_argument("--loss-threshold", type=float, default=None)
     f.add_argument("--resample-failed", action="store_true")
     f.add_argument("--out", default="kinabs-fit", help="output folder")

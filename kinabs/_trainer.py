@@ -70,9 +70,11 @@ class Trainer:
             :class:`kinabs._problem.CustomLoss`); ``None`` takes the default of the space.
         parameters: names of the parameters to fit (default: the model's kinetic
             parameters, ``trainer.parameters``).
-        solver: :class:`kinabs.SolverOptions` (default: explicit Runge-Kutta with rtol
-            1e-8, atol 1e-10 and at most 20,000 steps; a start that needs more is marked
-            failed, see ``resample_failed``).
+        solver: :class:`kinabs.SolverOptions` (default: ``method="auto"``, rtol 1e-8, atol
+            1e-10, at most 4,096 steps per solve). Under vmap every start waits for the
+            slowest, so a start whose solve needs more steps (with the explicit and then the
+            implicit solver) is frozen as failed rather than slowing the others; see
+            ``resample_failed``.
         adjoint: :class:`kinabs.AdjointOptions` (default: recursive checkpointing).
         loss_threshold: stop a start once its loss falls below this (``None``: never).
         resample_failed: replace starts whose integration fails by new Latin hypercube
@@ -117,7 +119,7 @@ class Trainer:
         if not names:
             raise DataError("the model has no parameters to fit; pass parameters=[...].")
         self.parameters: list[str] = names
-        self.solver = solver or SolverOptions(max_steps=20_000)
+        self.solver = solver or SolverOptions(max_steps=4096)
         if not isinstance(self.solver, SolverOptions):
             raise DataError(f"solver must be kinabs.SolverOptions; got {type(solver).__name__}.")
         self.adjoint = adjoint or AdjointOptions()
