@@ -242,7 +242,7 @@ class _Pool:
 
 
 def run_cases(infos: list[CaseInfo], *, suite_dir: Path | None = None, backend: str = "jax",
-              jobs: int = 2, timeout: float = 60.0, max_tasks: int = 150,
+              jobs: int = 2, timeout: float = 120.0, max_tasks: int = 150,
               on_result=None) -> list[CaseResult]:
     """Run cases, ``jobs`` at a time in spawned processes (``jobs=0``: in this process,
     without a timeout). ``on_result(result)`` is called as each case finishes."""
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", help="case numbers and ranges, e.g. 1-20,1105")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes (0: run in this process, without timeouts)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     ap.add_argument("--out", type=Path, help="write per-case results (.json, else TSV)")
     ap.add_argument("--suite", type=Path, default=None,
                     help="the sbml-test-suite folder (default: $KINABS_SBML_TEST_SUITE or "
