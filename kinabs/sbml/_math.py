@@ -301,7 +301,11 @@ class MathConverter:
         if t == libsbml.AST_FUNCTION_RATE_OF:
             if len(kids) != 1 or kids[0].getType() != libsbml.AST_NAME:
                 raise SBMLError(f"in '{where}': rateOf takes one identifier argument.")
-            return RateOf(sym(kids[0].getName()))
+            name = kids[0].getName()
+            target = env.get(name, sym(name))  # a local parameter shadows a global one
+            if not isinstance(target, sympy.Symbol):
+                raise UnsupportedFeatureError(where, "rateOf of a function argument")
+            return RateOf(target)
         if t == libsbml.AST_FUNCTION_DELAY:
             raise UnsupportedFeatureError(where, "csymbol delay")
         if t == libsbml.AST_LAMBDA:

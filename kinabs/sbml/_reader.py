@@ -42,9 +42,11 @@ _HARMLESS_PACKAGES = {"layout", "render", "groups", "l3v2extendedmath"}
 # Consistency categories that cannot change a simulation, but are slow and noisy.
 _SKIPPED_CHECKS = (libsbml.LIBSBML_CAT_UNITS_CONSISTENCY, libsbml.LIBSBML_CAT_MODELING_PRACTICE,
                    libsbml.LIBSBML_CAT_SBO_CONSISTENCY)
-# libsbml errors that cannot change the dynamics, reported as warnings instead. 21121: a
-# species in a kinetic law is not listed as a modifier (SBML L3 made this a warning).
-_DEMOTED_ERRORS = {21121}
+# libsbml errors that cannot change the dynamics, reported as warnings instead.
+_DEMOTED_ERRORS = {
+    21121: "species used in kinetic laws are not listed as modifiers of their reactions",
+    10313: "'units' attributes name no unit definition (units never change a simulation)",
+}
 
 
 def load_sbml(path: str | os.PathLike) -> Model:
@@ -118,12 +120,13 @@ def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model
     for category in _SKIPPED_CHECKS:
         doc.setConsistencyChecks(category, False)
     if doc.checkConsistency():
-        errors = _messages(doc, skip=_DEMOTED_ERRORS)
-        demoted = len(_messages(doc)) - len(errors)
-        if demoted:
-            warnings.warn(f"{name}: {demoted} species used in kinetic laws are not listed as "
-                          "modifiers of their reactions (libsbml rule 21121); read anyway, "
-                          "as this does not change the dynamics.", stacklevel=3)
+        errors = _messages(doc, skip=set(_DEMOTED_ERRORS))
+        for rule, meaning in _DEMOTED_ERRORS.items():
+            count = sum(1 for i in range(doc.getNumErrors())
+                        if doc.getError(i).getErrorId() == rule)
+            if count:
+                warnings.warn(f"{name}: {count} x libsbml rule {rule}: {meaning}; read anyway, "
+                              "as this does not change the dynamics.", stacklevel=3)
         if errors:
             raise SBMLError(f"{name} is not valid SBML (libsbml consistency check); fix "
                             "these errors:", errors)
@@ -279,12 +282,17 @@ class _ModelReader:
         return out | self.m.ids() | set(self.m.assignment_rules)
 
     def _rules(self) -> None:
+        # SBML L3V2: a rule or initial assignment without <math> has no effect.
         for rule in self.sbml.getListOfRules():
             var = rule.getVariable()
+            if not rule.isSetMath():
+                continue
             target = (self.m.assignment_rules if rule.isAssignment() else self.m.rate_rules)
             target[var] = self.math.expr(rule.getMath(), where=var)
         for ia in self.sbml.getListOfInitialAssignments():
             var = ia.getSymbol()
+            if not ia.isSetMath():
+                continue
             self.m.initial_assignments[var] = self.math.expr(ia.getMath(), where=var)
 
     def _check_ids(self) -> None:
