@@ -26,19 +26,6 @@ TIGHT = kinabs.SolverOptions(rtol=1e-12, atol=1e-14, max_steps=20_000)
 ADAM_LR = 1e-2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _jax_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KINABS_JAX_CACHE", str(tmp_path_factory.mktemp("kinabs_jax_cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return kinabs.load_sbml(kinabs.example_model_path())
-
-
 def _trainer(model, backend="torch", n_iter=3, n=3, **kwargs):
     """The tutorial's starts: base parameters all ones, bounds 1/10 and 10."""
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=n_iter,

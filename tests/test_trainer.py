@@ -30,22 +30,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SEED = 11
 SPECIES = ["php", "pser"]
 SOLVER = kinabs.SolverOptions(max_steps=20_000)  # the Trainer's default solver
-# Explicit only: an "auto" training program also traces the implicit fallback, which
-# doubles its compile time; tests that are not about the solver use this one.
+# Explicit only, for tests that are not about the solver.
 EXPLICIT = kinabs.SolverOptions(method="nonstiff", max_steps=20_000)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _jax_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KINABS_JAX_CACHE", str(tmp_path_factory.mktemp("kinabs_jax_cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return kinabs.load_sbml(kinabs.example_model_path())
 
 
 def _seed_trainer(model, n_iter=30, **kwargs):
