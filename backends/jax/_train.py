@@ -330,10 +330,30 @@ class JaxTrainingProgram(TrainingProgram):
                 live = (mode == 1) & (np.asarray(carry[2]) == 0) & ~np.asarray(carry[3])
                 budget = np.where(live, n_iter - done, 0)
                 if budget.any():
-                    carry, stiff = self._run("stiff", carry, budget, zeros)
-                    for m in np.flatnonzero(budget):
-                        losses[m, done[m]:] = stiff[m, :budget[m]]
+                    members = np.flatnonzero(budget)
+                    carry, stiff = self._run_members("stiff", carry, members,
+                                                     budget[members], None)
+                    for j, m in enumerate(members):
+                        losses[m, done[m]:] = stiff[j, :budget[m]]
             return _State(carry, mode), losses
+
+    def _run_members(self, which, carry, members, budget, probe):
+        """Run program ``which`` on ``members`` only: under vmap every member waits for the
+        slowest, so the few starts that need the implicit solver run as a batch of their
+        own, padded to a power of two (few batch sizes, few compilations)."""
+        k = len(members)
+        size = 1 << max(0, int(k - 1).bit_length())
+        pad = np.concatenate([members, np.full(size - k, members[0])])
+        sub_budget = np.concatenate([budget, np.zeros(size - k, dtype=np.int64)])
+        sub_probe = np.zeros(size, dtype=bool)
+        if probe is not None:
+            sub_probe[:k] = probe
+        take = jnp.asarray(pad)
+        sub = jax.tree.map(lambda a: a[take], carry)
+        sub, losses = self._run(which, sub, sub_budget, sub_probe)
+        rows = jnp.asarray(members)
+        carry = jax.tree.map(lambda full, part: full.at[rows].set(part[:k]), carry, sub)
+        return carry, losses[:k]
 
     def reset(self, state, mask, theta):
         with jax.enable_x64(True):
@@ -363,9 +383,13 @@ class JaxTrainingProgram(TrainingProgram):
         with jax.enable_x64(True):
             carry, mode = state.carry, state.mode
             n = mode.shape[0]
-            for code, which in ((0, "main"), (1, "stiff")):
-                if which in self._loss_fns and np.any(mode == code):
-                    carry, _ = self._run(which, carry, np.zeros(n, np.int32), mode == code)
+            if np.any(mode == 0):
+                carry, _ = self._run("main", carry, np.zeros(n, np.int32), mode == 0)
+            members = np.flatnonzero(mode == 1)
+            if "stiff" in self._loss_fns and members.size:
+                carry, _ = self._run_members("stiff", carry, members,
+                                             np.zeros(members.size, np.int64),
+                                             np.ones(members.size, dtype=bool))
             return np.asarray(carry[4])
 
     def loss(self, theta):
