@@ -11,6 +11,7 @@ from kinabs._errors import UnsupportedFeatureError
 from kinabs._jacobian import generate_jacobian, jacobian_entries
 from kinabs._model import TIME, sym
 from kinabs._ops import Rem, numpy_ops
+from tests._models import robertson_model  # noqa: E402
 
 R = kinabs.SpeciesReference
 
@@ -36,24 +37,6 @@ def kitchen_sink_model() -> kinabs.Model:
             "r3": kinabs.Reaction("r3", r3 + sympy.Min(a, x) ** 2, (), (R("A"),)),
         },
         rate_rules={"X": sympy.sin(TIME) * a - x * sympy.sqrt(v), "V": b / 100},
-    )
-
-
-def robertson_model() -> kinabs.Model:
-    y1, y2, y3 = sym("y1"), sym("y2"), sym("y3")
-    return kinabs.Model(
-        compartments={"c": kinabs.Compartment("c", 1.0)},
-        species={s: kinabs.Species(s, "c", initial_concentration=v)
-                 for s, v in (("y1", 1.0), ("y2", 0.0), ("y3", 0.0))},
-        parameters={"k1": kinabs.Parameter("k1", 0.04), "k2": kinabs.Parameter("k2", 3e7),
-                    "k3": kinabs.Parameter("k3", 1e4)},
-        reactions={
-            "r1": kinabs.Reaction("r1", sym("k1") * y1, (R("y1"),), (R("y2"),)),
-            "r2": kinabs.Reaction("r2", sym("k3") * y2 * y3, (R("y2"), R("y3")),
-                                  (R("y1"), R("y3"))),
-            "r3": kinabs.Reaction("r3", sym("k2") * y2 ** 2, (R("y2", 2.0),),
-                                  (R("y2"), R("y3"))),
-        },
     )
 
 

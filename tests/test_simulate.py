@@ -9,6 +9,7 @@ import kinabs
 from kinabs import Compartment, Model, Parameter, Reaction, Species
 from kinabs import SpeciesReference as Ref
 from kinabs._model import TIME, sym
+from tests._models import robertson_model
 
 TIGHT = kinabs.SolverOptions(rtol=1e-10, atol=1e-12)
 
@@ -97,16 +98,7 @@ def test_max_steps_failure_is_a_status_or_an_error(decay):
 
 def test_auto_redoes_hard_solves_with_the_implicit_method():
     """Robertson's stiff kinetics: the explicit method runs out of steps; auto recovers."""
-    m = Model()
-    m.compartments["c"] = Compartment("c", 1.0)
-    for name, v in (("y1", 1.0), ("y2", 0.0), ("y3", 0.0)):
-        m.species[name] = Species(name, "c", initial_concentration=v)
-    y1, y2, y3 = sym("y1"), sym("y2"), sym("y3")
-    m.reactions["r1"] = Reaction("r1", 0.04 * y1, reactants=(Ref("y1"),), products=(Ref("y2"),))
-    m.reactions["r2"] = Reaction("r2", 3e7 * y2**2, reactants=(Ref("y2", 2.0),),
-                                 products=(Ref("y2"), Ref("y3")))
-    m.reactions["r3"] = Reaction("r3", 1e4 * y2 * y3, reactants=(Ref("y2"), Ref("y3")),
-                                 products=(Ref("y1"), Ref("y3")))
+    m = robertson_model()
     opts = kinabs.SolverOptions(rtol=1e-8, atol=1e-12, max_steps=20_000)
     res = kinabs.simulate(m, [0.0, 40.0], solver=opts)
     np.testing.assert_allclose(res.values[0, -1], [0.7158271, 9.185535e-6, 0.2841637],

@@ -24,6 +24,7 @@ from kinabs.backends.torch import (  # noqa: E402
 )
 from kinabs.backends.torch import _backend as torch_backend  # noqa: E402
 from kinabs.backends.torch._solvers import _attempt, _coefficients  # noqa: E402
+from tests._models import robertson_model  # noqa: E402
 
 TIGHT = kinabs.SolverOptions(rtol=1e-10, atol=1e-12)
 R = kinabs.SpeciesReference
@@ -38,27 +39,6 @@ def decay_model(k: float = 0.5, a0: float = 2.0) -> kinabs.Model:
                  "B": kinabs.Species("B", "c", initial_concentration=0.0)},
         parameters={"k": kinabs.Parameter("k", k)},
         reactions={"r": kinabs.Reaction("r", sym("k") * sym("A"), (R("A"),), (R("B"),))},
-    )
-
-
-def robertson_model() -> kinabs.Model:
-    """Robertson's stiff chemical kinetics (Hairer & Wanner, ODEs II)."""
-    y1, y2, y3 = sym("y1"), sym("y2"), sym("y3")
-    return kinabs.Model(
-        id="robertson",
-        compartments={"c": kinabs.Compartment("c", 1.0)},
-        species={"y1": kinabs.Species("y1", "c", initial_concentration=1.0),
-                 "y2": kinabs.Species("y2", "c", initial_concentration=0.0),
-                 "y3": kinabs.Species("y3", "c", initial_concentration=0.0)},
-        parameters={"k1": kinabs.Parameter("k1", 0.04), "k2": kinabs.Parameter("k2", 3e7),
-                    "k3": kinabs.Parameter("k3", 1e4)},
-        reactions={
-            "r1": kinabs.Reaction("r1", sym("k1") * y1, (R("y1"),), (R("y2"),)),
-            "r2": kinabs.Reaction("r2", sym("k3") * y2 * y3, (R("y2"), R("y3")),
-                                  (R("y1"), R("y3"))),
-            "r3": kinabs.Reaction("r3", sym("k2") * y2 ** 2, (R("y2", 2.0),),
-                                  (R("y2"), R("y3"))),
-        },
     )
 
 
