@@ -128,9 +128,10 @@ class OdeSystem:
         else:
             key = ("value", item)
         if key not in self.output_index:
+            ids = dict.fromkeys(k[1] for k in self.outputs)
             raise ModelError(
                 f"unknown output {item!r}. Outputs are species, compartment, parameter and "
-                f"reaction ids of the model, e.g. {_preview([k[1] for k in self.outputs])}"
+                f"reaction ids of the model, e.g. {_preview(ids)}"
             )
         return key
 
