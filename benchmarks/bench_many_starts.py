@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--defaults", action="store_true",
                     help="100 starts, 2000 iterations, log-uniform 1/1000..1000 around ones")
     ap.add_argument("--out", default=None, help="write the figures as JSON")
+    ap.add_argument("--save", default=None, help="save the TrainingResults to this folder")
     args = ap.parse_args()
     if args.defaults:
         args.inits, args.n_iter = 100, 2000
@@ -62,6 +63,8 @@ def main() -> None:
         out["best_over_true"] = ratio
         out["max_abs_log10_ratio"] = float(max(abs(np.log10(r)) for r in ratio.values()))
         out["starts_below_1e-4"] = int(np.sum(results.final_loss < 1e-4))
+    if args.save:
+        results.save(args.save)
     print(json.dumps(out, indent=1))
     print(results.summary(top=5)[["final_loss", "status", "iterations"]])
     if args.out:
