@@ -24,16 +24,16 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--inits", type=int, default=1000)
-    ap.add_argument("--n-iter", type=int, default=300)
+    ap.add_argument("--inits", type=int, default=None, help="1000 (100 with --defaults)")
+    ap.add_argument("--n-iter", type=int, default=None, help="300 (2000 with --defaults)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--defaults", action="store_true",
                     help="100 starts, 2000 iterations, log-uniform 1/1000..1000 around ones")
     ap.add_argument("--out", default=None, help="write the figures as JSON")
     ap.add_argument("--save", default=None, help="save the TrainingResults to this folder")
     args = ap.parse_args()
-    if args.defaults:
-        args.inits, args.n_iter = 100, 2000
+    args.inits = args.inits or (100 if args.defaults else 1000)
+    args.n_iter = args.n_iter or (2000 if args.defaults else 300)
     t0 = time.perf_counter()
     import jax
 
@@ -63,6 +63,8 @@ def main() -> None:
         out["best_over_true"] = ratio
         out["max_abs_log10_ratio"] = float(max(abs(np.log10(r)) for r in ratio.values()))
         out["starts_below_1e-4"] = int(np.sum(results.final_loss < 1e-4))
+        below = np.flatnonzero(np.nanmin(results.loss_history, axis=0) < 1e-4)
+        out["first_iteration_below_1e-4"] = int(below[0]) + 1 if below.size else None
     if args.save:
         results.save(args.save)
     print(json.dumps(out, indent=1))
