@@ -227,7 +227,7 @@ class RunFolder:
         if self.file_format == "parquet":
             _atomic_write(path, lambda p: df.to_parquet(p, index=False))
         else:
-            _atomic_write(path, lambda p: df.to_csv(p, index=False))
+            _atomic_write(path, lambda p: df.to_csv(p, index=False, na_rep="NaN"))
         line = json.dumps(dict(chunk=chunk.index, first=chunk.first, n=chunk.n,
                                ok=sum(s == "ok" for s in chunk.status),
                                seconds=_num(chunk.seconds), worker=chunk.worker, run=run,
@@ -253,8 +253,9 @@ class RunFolder:
                 if fmt == "parquet":
                     df = pd.read_parquet(path)
                 else:
-                    df = pd.read_csv(path, float_precision="round_trip",
-                                     keep_default_na=False, na_values=["", "NaN", "nan"])
+                    # exact float64 round trip: pandas 3 parses so by default, 2 when asked
+                    exact = {} if pd.__version__ >= "3" else {"float_precision": "round_trip"}
+                    df = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], **exact)
                 return ChunkTable.from_frame(df, index, names, n_iter)
             except Exception:  # noqa: BLE001 - a damaged chunk is recomputed, not trusted
                 return None
