@@ -19,18 +19,38 @@ __all__ = ["main"]
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import numpy as np
 
     import kinabs
-    from kinabs._paths import example_data_path, example_model_path
 
     executor = _executor_kind(args)
     chunked = executor == "dask" or args.chunk_size is not None or args.run_dir is not None
     if args.chunk_size is not None and args.chunk_size < 1:
         raise kinabs.DataError(f"--chunk-size must be an integer >= 1 (starts per chunk); got "
                                f"{args.chunk_size}.")
+    if chunked and args.resample_failed:
+        raise kinabs.DataError("--resample-failed does not combine with chunked runs "
+                               "(--executor dask, --chunk-size, --run-dir): new samples "
+                               "would depend on which starts share a chunk. Leave one out.")
     if args.run_dir is not None and Path(args.run_dir).is_file():
         raise kinabs.RunFolderError(f"--run-dir {args.run_dir} is a file; give a folder.")
+    client = None
+    if executor == "dask":  # connect first: an unreachable scheduler fails before any work
+        client = kinabs.dask_client(args.scheduler, workers=args.workers)
+        n_workers = len(client.scheduler_info()["workers"])
+        where = args.scheduler or f"a local cluster of {n_workers} workers"
+        print(f"running chunks on Dask: {where}", flush=True)
+    try:
+        return _fit_with(args, kinabs, client, chunked)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _fit_with(args: argparse.Namespace, kinabs, client, chunked: bool) -> int:
+    import numpy as np
+
+    from kinabs._paths import example_data_path, example_model_path
+
     model_path = Path(args.model) if args.model else example_model_path()
     data_path = [Path(p) for p in args.data] if args.data else [example_data_path()]
     model = kinabs.load_sbml(model_path)
@@ -53,18 +73,8 @@ def _fit(args: argparse.Namespace) -> int:
     if not chunked:
         results = trainer.train()
     else:
-        client = None
-        if executor == "dask":  # connect first: an unreachable scheduler fails before any work
-            client = kinabs.dask_client(args.scheduler, workers=args.workers)
-            n_workers = len(client.scheduler_info()["workers"])
-            where = args.scheduler or f"a local cluster of {n_workers} workers"
-            print(f"running chunks on Dask: {where}", flush=True)
-        try:
-            results = trainer.train(executor=client, chunk_size=args.chunk_size,
-                                    run_dir=args.run_dir)
-        finally:
-            if client is not None:
-                client.close()
+        results = trainer.train(executor=client, chunk_size=args.chunk_size,
+                                run_dir=args.run_dir)
         meta = results.meta
         print(f"{meta['n_chunks']} chunks of {meta['chunk_size']}: {meta['chunks_run']} run, "
               f"{meta['chunks_resumed']} read from {args.run_dir}" if args.run_dir else
