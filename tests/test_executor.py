@@ -189,6 +189,38 @@ def test_a_chunk_whose_starts_all_fail_is_reported_not_retried(model, tmp_path, 
         capfd.readouterr().err
 
 
+def test_a_worker_process_builds_each_fit_once(trainer):
+    """Tasks of one fit share the worker's trainer and program (traced and compiled once
+    per process); another fit gets its own."""
+    from kinabs import _executor
+
+    spec = _executor._dumps(_executor._spec(trainer))
+    rows = trainer.parameter_sets.to_numpy()[:2]
+
+    def task(key, index):
+        return _executor.ChunkTask(spec=spec, spec_key=key, index=index, first=2 * index,
+                                   rows=rows, pad_to=2, n_iter=1)
+
+    t0, p0 = _executor._cached_trainer(task("fit-a", 0))
+    t1, p1 = _executor._cached_trainer(task("fit-a", 1))
+    assert t0 is t1 and p0 is p1 and t0 is not trainer
+    t2, _ = _executor._cached_trainer(task("fit-b", 0))
+    assert t2 is not t0 and t2.parameters == trainer.parameters
+
+
+def test_torch_chunks_agree_with_one_batch(model):
+    """On torch a chunk is one batch; per-start step sizes keep starts independent."""
+    pytest.importorskip("torch")
+    t = _trainer(model, n_starts=4, backend="torch")
+    t.n_iter = 3
+    whole = t.train()
+    chunked = t.train(chunk_size=2)
+    assert chunked.status == whole.status == ["ok"] * 4
+    np.testing.assert_allclose(chunked.loss_history, whole.loss_history, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(chunked.parameters.to_numpy(), whole.parameters.to_numpy(),
+                               rtol=1e-12, atol=0)
+
+
 # -- the command line --------------------------------------------------------------------
 def _cli(*args, **kwargs):
     return [sys.executable, "-m", "kinabs", "fit", "--n-iter", str(N_ITER), "--seed", "0",

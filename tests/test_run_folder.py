@@ -111,3 +111,12 @@ def test_a_damaged_chunk_counts_as_missing(tmp_path):
     folder.write_chunk(_chunk(), NAMES)
     (tmp_path / "chunks" / "chunk-00000.csv").write_text("start\n")
     assert folder.read_chunk(0, NAMES, 2) is None
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from kinabs import _run_folder
+
+    failures, tried = doctest.testmod(_run_folder)
+    assert tried >= 2 and failures == 0
