@@ -227,13 +227,19 @@ def _cli(*args, **kwargs):
             "--base", "ones", *args]
 
 
-def test_cli_driver_killed_then_rerun_redoes_no_finished_chunk(reference, tmp_path):
+@pytest.mark.parametrize("executor", [[], ["--workers", "2"]], ids=["in-process", "dask"])
+def test_cli_driver_killed_then_rerun_redoes_no_finished_chunk(reference, tmp_path, executor):
     """SIGKILL the driver once a chunk is on disk; the same command finishes the fit and
-    runs only the chunks that were missing."""
+    runs only the chunks that were missing. With ``--workers 2`` the driver runs a Dask
+    LocalCluster of two worker processes (their nannies exit when the driver dies)."""
+    if executor:
+        pytest.importorskip("distributed")
     run, out = tmp_path / "run", tmp_path / "out"
     cmd = _cli("--inits", str(N_STARTS), "--chunk-size", str(CHUNK), "--run-dir", str(run),
-               "--out", str(out))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               "--out", str(out), *executor)
+    # a session of its own, so that whatever the killed driver leaves is ended below
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     chunks = run / "chunks"
     deadline = time.monotonic() + 300
     while not (chunks.is_dir() and any(chunks.glob("chunk-*.parquet"))):
@@ -242,6 +248,10 @@ def test_cli_driver_killed_then_rerun_redoes_no_finished_chunk(reference, tmp_pa
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # worker processes of the killed driver, if any
+    except ProcessLookupError:
+        pass
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
                 for p in chunks.glob("chunk-*.parquet")}
     assert 1 <= len(finished) < 8, "the driver finished before it was killed"
