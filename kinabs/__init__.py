@@ -16,6 +16,7 @@ Example:
 from kinabs import ratelaws
 from kinabs._backend import Backend, get_backend
 from kinabs._builder import ModelBuilder
+from kinabs._dask import DaskError, dask_client
 from kinabs._data import Experiment, TrainingData
 from kinabs._errors import (
     BackendError,
@@ -39,6 +40,7 @@ from kinabs._model import (
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._paths import example_data_path, example_model_path
 from kinabs._results import TrainingResults
+from kinabs._run_folder import RunFolder, RunFolderError
 from kinabs._simulate import SimulationResult, amount, concentration, simulate
 from kinabs._system import OdeSystem, lower
 from kinabs._trainer import Trainer, exponentiate_parameters, log_transform_parameters
@@ -54,5 +56,5 @@ __all__ = [
     "SolverOptions", "Species", "SpeciesReference", "UnsupportedFeatureError", "amount",
     "concentration", "example_data_path", "example_model_path", "get_backend",
     "load_sbml", "lower", "ratelaws", "read_sbml_string", "sbml_string", "simulate",
-    "write_sbml",
+    "write_sbml", "DaskError", "dask_client", "RunFolder", "RunFolderError",
 ]

@@ -6,6 +6,7 @@ best fit. ``kinabs simulate`` writes a simulation as CSV.
 
 Example:
     $ kinabs fit --n-iter 300 --inits 5 --out kinabs-fit
+    $ kinabs fit --inits 1000 --executor dask --workers 2 --run-dir run-1
 """
 
 from __future__ import annotations
@@ -18,9 +19,36 @@ __all__ = ["main"]
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import numpy as np
 
     import kinabs
+
+    executor = _executor_kind(args)
+    chunked = executor == "dask" or args.chunk_size is not None or args.run_dir is not None
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise kinabs.DataError(f"--chunk-size must be an integer >= 1 (starts per chunk); got "
+                               f"{args.chunk_size}.")
+    if chunked and args.resample_failed:
+        raise kinabs.DataError("--resample-failed does not combine with chunked runs "
+                               "(--executor dask, --chunk-size, --run-dir): new samples "
+                               "would depend on which starts share a chunk. Leave one out.")
+    if args.run_dir is not None and Path(args.run_dir).is_file():
+        raise kinabs.RunFolderError(f"--run-dir {args.run_dir} is a file; give a folder.")
+    client = None
+    if executor == "dask":  # connect first: an unreachable scheduler fails before any work
+        client = kinabs.dask_client(args.scheduler, workers=args.workers)
+        n_workers = len(client.scheduler_info()["workers"])
+        where = args.scheduler or f"a local cluster of {n_workers} workers"
+        print(f"running chunks on Dask: {where}", flush=True)
+    try:
+        return _fit_with(args, kinabs, client, chunked)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _fit_with(args: argparse.Namespace, kinabs, client, chunked: bool) -> int:
+    import numpy as np
+
     from kinabs._paths import example_data_path, example_model_path
 
     model_path = Path(args.model) if args.model else example_model_path()
@@ -42,7 +70,15 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"fitting {len(trainer.parameters)} parameters of {model.id} ({model_path.name}) to "
           f"{', '.join(p.name for p in data_path)}: {args.inits} starts x {args.n_iter} "
           f"iterations on {trainer.backend_name}, {args.space} space", flush=True)
-    results = trainer.train()
+    if not chunked:
+        results = trainer.train()
+    else:
+        results = trainer.train(executor=client, chunk_size=args.chunk_size,
+                                run_dir=args.run_dir)
+        meta = results.meta
+        print(f"{meta['n_chunks']} chunks of {meta['chunk_size']}: {meta['chunks_run']} run, "
+              f"{meta['chunks_resumed']} read from {args.run_dir}" if args.run_dir else
+              f"{meta['n_chunks']} chunks of {meta['chunk_size']} run", flush=True)
     out = Path(args.out)
     results.save(out)
     results.plot_loss(out / "loss.png")
@@ -63,6 +99,19 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"\nwrote {out}/: parameters.csv, loss_history.csv, summary.csv, results.json, "
           f"loss.png, fit.png ({results.meta['seconds']:.1f} s of training)")
     return 0 if np.isfinite(results.best_loss) else 1
+
+
+def _executor_kind(args: argparse.Namespace) -> str:
+    from kinabs._errors import DataError
+
+    kind = args.executor or ("dask" if args.scheduler or args.workers else "local")
+    if kind == "local" and (args.scheduler or args.workers):
+        raise DataError("--scheduler and --workers choose a Dask cluster; use them with "
+                        "--executor dask (or leave out --executor).")
+    if args.scheduler and args.workers:
+        raise DataError("give either --scheduler ADDRESS (an existing Dask cluster) or "
+                        "--workers N (a local cluster), not both.")
+    return kind
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -107,6 +156,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--loss-threshold", type=float, default=None)
     f.add_argument("--resample-failed", action="store_true")
     f.add_argument("--out", default="kinabs-fit", help="output folder")
+    f.add_argument("--executor", choices=("local", "dask"), default=None,
+                   help="where chunks of starts run: this process (local, default) or a "
+                   "Dask cluster (dask)")
+    f.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    f.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="start a local Dask cluster of N worker processes")
+    f.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="starts per chunk (default 64 when chunked)")
+    f.add_argument("--run-dir", default=None, metavar="DIR",
+                   help="keep each finished chunk in DIR; rerunning the same command "
+                   "resumes from it")
     f.set_defaults(func=_fit)
     s = sub.add_parser("simulate", help="simulate an SBML model and print or write CSV")
     s.add_argument("model")

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -274,11 +275,37 @@ class Trainer:
     def _from_space(self, theta: np.ndarray) -> np.ndarray:
         return np.exp2(theta) if self.optim_space == "log" else theta
 
-    def train(self, resume: TrainingResults | None = None) -> TrainingResults:
+    def train(self, resume: TrainingResults | None = None, *, executor: Any = None,
+              chunk_size: int | None = None, run_dir: str | os.PathLike[str] | None = None,
+              retries: int = 2) -> TrainingResults:
         """Run :attr:`n_iter` iterations from every row of :attr:`parameter_sets` (or, with
         ``resume``, from an earlier result's final parameters and optimiser state, so
         that the loss curves join). Returns :class:`TrainingResults`, which also unpacks
-        as the seed's ``optimized_parameters, loss_per_iteration``."""
+        as the seed's ``optimized_parameters, loss_per_iteration``.
+
+        By default every start trains together in this process, in one program. Give any
+        of ``executor``, ``chunk_size`` or ``run_dir`` to split the starts into chunks of
+        ``chunk_size`` (default 64) and run each chunk (vmapped on JAX, batched on torch)
+        through ``executor``: ``None`` (this process, one chunk after another), any
+        ``concurrent.futures.Executor``, or a ``dask.distributed.Client`` (see
+        :func:`kinabs.dask_client`). The same starts give the same results whatever the
+        executor and chunk size. With ``run_dir`` each finished chunk is written there at
+        once (see :class:`kinabs.RunFolder`), and the same fit with the same folder
+        resumes: finished chunks are read, only missing ones run. ``retries``: how often
+        a chunk that raised is run again (a worker that dies is replaced by the executor,
+        not counted here). A ``ProcessPoolExecutor`` needs the "spawn" start method
+        (``mp_context=multiprocessing.get_context("spawn")``): JAX does not survive fork. A chunked round starts every start with a fresh optimiser
+        state (also with ``resume``) and does not support ``resample_failed``.
+
+        Example:
+            >>> import kinabs, tempfile
+            >>> t = kinabs.Trainer(model=kinabs.load_sbml(kinabs.example_model_path()),
+            ...                    data=kinabs.example_data_path(), n_iter=3, progress=False)
+            >>> _ = t.latinhypercube_sampling({}, lower_bound=0.5, upper_bound=2, N=3, seed=0)
+            >>> r = t.train(chunk_size=2, run_dir=tempfile.mkdtemp())
+            >>> r.loss_history.shape, r.meta["n_chunks"]
+            ((3, 3), 2)
+        """
         if resume is not None:
             start = resume.parameters[self.parameters].to_numpy()
         elif self._parameter_sets is not None:
@@ -286,19 +313,41 @@ class Trainer:
         else:
             raise DataError("no initial parameter sets: call trainer.latinhypercube_sampling("
                             "...) or assign trainer.parameter_sets first.")
+        if executor is not None or chunk_size is not None or run_dir is not None:
+            from kinabs._executor import run_chunked
+
+            result = run_chunked(self, start, executor=executor, chunk_size=chunk_size,
+                                 run_dir=run_dir, retries=retries)
+            if resume is not None:
+                result = resume.join(result)
+            self.results = result
+            return result
         t_start = time.perf_counter()
         program = self._get_program()
         state = None
         if resume is not None and resume._state is not None and resume._program is program:
             state = resume._state
+        bar = _progress(self._n_iter, self.progress)
+        state, arrays = self._train_arrays(program, start, self._n_iter, state=state, bar=bar)
+        result = TrainingResults.from_run(trainer=self, **arrays,
+                                          seconds=time.perf_counter() - t_start)
+        if resume is not None:
+            result = resume.join(result)
+        result._state, result._program = state, program
+        self.results = result
+        return result
+
+    def _train_arrays(self, program, start: np.ndarray, n_iter: int, *, state=None,
+                      bar=None) -> tuple[Any, dict[str, np.ndarray]]:
+        """Train the rows of ``start`` (linear values) for ``n_iter`` iterations with
+        ``program``; returns the final state and the arrays TrainingResults is made of."""
         if state is None:
             state = program.init(self._to_space(start))
-        losses = np.full((start.shape[0], self._n_iter), np.nan)
-        bar = _progress(self._n_iter, self.progress)
+        losses = np.full((start.shape[0], n_iter), np.nan)
         done, restarts = 0, np.zeros(start.shape[0], dtype=int)
         initial = start.copy()
-        while done < self._n_iter:
-            n = min(program.chunk, self._n_iter - done)
+        while done < n_iter:
+            n = min(program.chunk, n_iter - done)
             state, chunk_losses = program.run(state, n)
             losses[:, done:done + n] = chunk_losses
             done += n
@@ -311,19 +360,9 @@ class Trainer:
                 bar.set_postfix(best_loss=f"{best:.3e}")
         if bar is not None:
             bar.close()
-        theta = program.theta(state)
-        final_loss = program.final_loss(state)
-        status = program.status(state)
-        result = TrainingResults.from_run(
-            trainer=self, initial=initial, final=self._from_space(theta), losses=losses,
-            status=status, final_loss=final_loss, restarts=restarts,
-            seconds=time.perf_counter() - t_start,
-        )
-        if resume is not None:
-            result = resume.join(result)
-        result._state, result._program = state, program
-        self.results = result
-        return result
+        return state, dict(initial=initial, final=self._from_space(program.theta(state)),
+                           losses=losses, status=program.status(state),
+                           final_loss=program.final_loss(state), restarts=restarts)
 
     def _resample(self, program, state, restarts, initial):
         failed = program.status(state) != 0

@@ -1,6 +1,14 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
+
+# As kinabs.backends.jax does on import, but before any test module imports diffrax (and
+# so equinox): in equinox's default "raise" mode its runtime checks are host callbacks,
+# which neither jax.export nor JAX's persistent compilation cache can keep, so every
+# trainer would compile again instead of loading the session's cached programs.
+os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import kinabs
 
