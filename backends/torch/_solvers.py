@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
 
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
+    "Tape", "TapeStep",
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -103,23 +104,32 @@ def _inverse(w: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
-def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h):
-    """One Rosenbrock step of size ``h`` (B,) from ``(t, y)``: returns (y_new, error).
+def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=None,
+             record=False):
+    """One Rosenbrock step of size ``h`` (B,) from ``(t, y)``: returns (y_new, error),
+    and with ``record`` also what a discrete adjoint needs: ``(W^-1, [Y_i], [U_i])``
+    (the stage matrix's inverse, the stage inputs and the stages).
 
     Written for few torch operations per stage: earlier stages are combined with one
-    matmul, and the stage matrix is inverted once (a matmul per stage, not a solve)."""
+    matmul, and the stage matrix is inverted once (a matmul per stage, not a solve).
+    ``rhs_jac(t, y, k) -> (f, J)``, when given, evaluates both at the step's start."""
     _, _, c, d, _ = tab.coefficients
     hc = h[:, None]
-    inv_h = 1.0 / hc
-    w = torch.diag_embed((inv_h / tab.gamma).expand(y.shape)) - jac(t, y, k)
+    inv_h = torch.reciprocal(hc)
+    if rhs_jac is not None:
+        f0, jy = rhs_jac(t, y, k)
+    else:
+        f0, jy = None, jac(t, y, k)
+    w = torch.diag_embed((inv_h / tab.gamma).expand(y.shape)) - jy
     w_inv_t = _inverse(w).transpose(-1, -2)
     ft = dfdt(t, y, k) if dfdt is not None else None
     stages: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []
     yi = y
     for i in range(tab.stages):
         ti = t if (dfdt is None or c[i] == 0.0) else t + c[i] * h
         if i == 0:
-            rhs_i = rhs(ti, y, k)
+            rhs_i = f0 if f0 is not None else rhs(ti, y, k)
         else:
             mix = torch.stack(stages, dim=-1) @ coef[i]  # (B, S, 2)
             yi = y + mix[..., 0]
@@ -127,7 +137,11 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h):
         if ft is not None and d[i] != 0.0:
             rhs_i = rhs_i + (d[i] * hc) * ft
         stages.append((rhs_i.unsqueeze(-2) @ w_inv_t).squeeze(-2))
+        if record:
+            inputs.append(yi)
     # Stiffly accurate: the solution is the last stage's input plus the last stage.
+    if record:
+        return yi + stages[-1], stages[-1], (w_inv_t, inputs, stages)
     return yi + stages[-1], stages[-1]
 
 
@@ -135,9 +149,13 @@ def rosenbrock_solve(
     rhs: Callable, jac: Callable, dfdt: Callable | None, ts: torch.Tensor, t0: float,
     y0: torch.Tensor, k: torch.Tensor, *, rtol: float = 1e-8, atol: float = 1e-10,
     max_steps: int = 100_000, dt0: float | None = None, tableau: RosenbrockTableau = RODAS5,
+    rhs_jac: Callable | None = None, tape: Tape | None = None,
 ):
     """Solve ``dy/dt = rhs(t, y, k)`` from ``(t0, y0)`` and save at ``ts`` (see the module
-    docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems."""
+    docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems;
+    ``rhs_jac(t, y, k) -> (rhs, jac)`` (optional) computes both in one call. With a
+    ``tape`` (and autograd off), every accepted step is recorded on it for a discrete
+    adjoint (``_adjoint``)."""
     b, n_t = y0.shape[0], int(ts.shape[0])
     dev, dt = y0.device, y0.dtype
     ts_np = ts.detach().cpu().numpy().astype(np.float64)
@@ -165,7 +183,9 @@ def rosenbrock_solve(
         clipped = active & (h >= t_target - t)
         th = torch.as_tensor(t, dtype=dt, device=dev)
         hh = torch.as_tensor(h_try, dtype=dt, device=dev)
-        y_new, err = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh)
+        out = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh, rhs_jac,
+                       record=tape is not None)
+        y_new, err = out[0], out[1]
         with torch.no_grad():
             sc = atol + rtol * torch.maximum(y.abs(), y_new.abs())
             e = _rms(err / sc).cpu().numpy()
@@ -177,16 +197,22 @@ def rosenbrock_solve(
             if torch.is_grad_enabled() and (active & ~finite).any():
                 # Keep NaN/inf from rejected members out of the gradient graph.
                 idx = torch.as_tensor(np.flatnonzero(accept), device=dev)
-                y_sub, _ = _attempt(tableau, coef, rhs, jac, dfdt, th[idx], y[idx], k[idx], hh[idx])
+                y_sub, _ = _attempt(tableau, coef, rhs, jac, dfdt, th[idx], y[idx], k[idx],
+                                    hh[idx], rhs_jac)
                 y = y.index_put((idx,), y_sub)
             else:
-                y = torch.where(torch.as_tensor(accept, device=dev)[:, None], y_new, y)
+                mask = torch.as_tensor(accept, device=dev)
+                if tape is not None:
+                    tape.steps.append(TapeStep(mask, hh, y, *out[2]))
+                y = torch.where(mask[:, None], y_new, y)
             t = np.where(accept, np.where(clipped, t_target, t + h_try), t)
             accepted += accept
             hit = accept & clipped
             if hit.any():
                 snaps.append(y)
                 _advance_saves(nxt, snap_idx, ts_np, t, hit, len(snaps) - 1)
+                if tape is not None:
+                    tape.steps[-1].snap = len(snaps) - 1
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             factor = np.clip(SAFETY * np.where(e > 0, e, 1e-10) ** expo, FACTOR_MIN, FACTOR_MAX)
         factor = np.where(finite, factor, 0.25)
@@ -202,7 +228,35 @@ def rosenbrock_solve(
     stacked = torch.stack(snaps)  # (n_snaps, B, S)
     rows = torch.arange(b, device=dev)[:, None]
     ys = stacked[torch.as_tensor(snap_idx, device=dev), rows]
+    if tape is not None:
+        tape.snap_idx, tape.n_snaps = snap_idx, len(snaps)
     return ys, status, accepted
+
+
+@dataclass
+class TapeStep:
+    """One loop iteration of the Rosenbrock solver in which some members accepted:
+    ``accept`` (B,) which did, ``h`` (B,) the step sizes, ``y`` the states before, and
+    the attempt's ``W^-1`` (transposed), stage inputs and stages; ``snap``: the index of
+    the snapshot taken after it (-1: none)."""
+
+    accept: torch.Tensor
+    h: torch.Tensor
+    y: torch.Tensor
+    w_inv_t: torch.Tensor
+    inputs: list
+    stages: list
+    snap: int = -1
+
+
+@dataclass
+class Tape:
+    """What :func:`rosenbrock_solve` records for a discrete adjoint: the accepted
+    steps, and which snapshot (0: the initial state) each save time took."""
+
+    steps: list = field(default_factory=list)
+    snap_idx: np.ndarray | None = None
+    n_snaps: int = 0
 
 
 def _advance_saves(nxt, snap_idx, ts_np, t, members, snap) -> None:

@@ -1,0 +1,156 @@
+"""Gradients of a Rosenbrock solve by a discrete adjoint, instead of autograd per operation.
+
+The solve runs without autograd and records its accepted steps (:class:`Tape`); the
+backward pass then walks them in reverse, computing for each step exactly what autograd
+would (the gradient of the computed solution, not of the ODE's), with generated
+vector-Jacobian products (``_stepfns.AdjointFunctions``) instead of one recorded
+operation per scalar operation of every stage.
+
+For one step ``W = I / (h gamma) - J(y)``, ``Y_i = y + sum_j A_ij U_j``,
+``W U_i = f(Y_i) + sum_j (C_ij / h) U_j``, ``y_new = Y_last + U_last``, the adjoint of
+``y_new`` is propagated stage by stage, last first:
+
+    r_i^ = W^-T U_i^                      (the stage's right-hand side)
+    Y_i^ = f_y(Y_i)^T r_i^  (+ y_new^ for the last stage);   q^ += f_q(Y_i)^T r_i^
+    U_j^ += A_ij Y_i^ + (C_ij / h) r_i^   for j < i
+    y^  += sum_i Y_i^,   J^ = sum_i r_i^ U_i^T   (W depends on y and q through J)
+
+and ``y^ += d<J^, J(y, q)>/dy``, ``q^ += d<J^, J(y, q)>/dq`` (second derivatives, printed
+by sympy). Members that did not accept a step pass their adjoint through unchanged.
+``q`` are the hoisted constants (``_stepfns``): autograd carries their gradient on to
+the parameters, through ``prep`` (once per solve).
+
+Only for autonomous systems with step functions; other solves use autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kinabs.backends.torch._ops import Columns
+from kinabs.backends.torch._solvers import Tape, rosenbrock_solve
+
+__all__ = ["adjoint_rosenbrock_solve"]
+
+
+class _Solve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y0, q, run, adj):  # noqa: D102 - see adjoint_rosenbrock_solve
+        tape = Tape()
+        ys, status, steps = run(y0, q, tape)
+        run.result = (status, steps)
+        ctx.tape, ctx.adj = tape, adj
+        ctx.save_for_backward(q)
+        ctx.tableau = run.tableau
+        return ys
+
+    @staticmethod
+    def backward(ctx, grad_ys):  # noqa: D102
+        (q,) = ctx.saved_tensors
+        tape, adj, tab = ctx.tape, ctx.adj, ctx.tableau
+        b, _, s = grad_ys.shape
+        dev, dt = grad_ys.device, grad_ys.dtype
+        rows = torch.arange(b, device=dev)[:, None]
+        idx = torch.as_tensor(tape.snap_idx, device=dev)
+        g = torch.zeros((tape.n_snaps, b, s), dtype=dt, device=dev)
+        g = g.index_put((idx, rows), torch.nan_to_num(grad_ys), accumulate=True)
+        coef = _Coefficients(tab, dt, dev)
+        qc = Columns(q)
+        y_bar = torch.zeros((b, s), dtype=dt, device=dev)
+        r_bars, j_bars = [], []
+        for step in reversed(tape.steps):
+            if step.snap >= 0:
+                y_bar = y_bar + g[step.snap]
+            dy, r_bar, j_bar = _step_adjoint(adj, coef, step, qc, y_bar)
+            y_bar = torch.where(step.accept[:, None], dy, y_bar)
+            r_bars.append(r_bar)
+            j_bars.append(j_bar)
+        y_bar = y_bar + g[0]
+        q_bar = torch.zeros_like(q)
+        if tape.steps:
+            # the constants' adjoint does not feed back into the steps: one call each
+            # for every stage of every step
+            steps = tape.steps[::-1]
+            accept = torch.stack([st.accept for st in steps])[..., None]  # (n, B, 1)
+            inputs = torch.stack([torch.stack(st.inputs) for st in steps])  # (n, s, B, S)
+            zf = adj.f_vjp_q(inputs, qc, torch.stack(r_bars))  # (n, s, B, H)
+            zj = adj.jac_vjp_q(torch.stack([st.y for st in steps]), qc, torch.stack(j_bars))
+            q_bar = (torch.where(accept, zf.sum(1), 0.0) + torch.where(accept, zj, 0.0)).sum(0)
+        return y_bar, q_bar, None, None
+
+
+class _Coefficients:
+    """The tableau's rows as tensors, for the adjoint's stage loop."""
+
+    def __init__(self, tab, dt, dev):
+        self.stages = tab.stages
+        self.a = [torch.as_tensor(tab.A[i], dtype=dt, device=dev) for i in range(tab.stages)]
+        self.c = [torch.as_tensor(tab.C[i], dtype=dt, device=dev) for i in range(tab.stages)]
+        self.last = torch.zeros(tab.stages, dtype=dt, device=dev)
+        self.last[-1] = 1.0
+
+
+def _step_adjoint(adj, coef, step, q, y_bar):
+    """The state's adjoint through one Rosenbrock step (see the module), and what the
+    constants' adjoint needs: the stages' r^ (stages, B, S) and the weights of the
+    Jacobian's entries J^ (B, nonzeros)."""
+    n_st = coef.stages
+    inv_h = torch.reciprocal(step.h)[:, None]
+    u_bar = y_bar[..., None] * coef.last  # (B, S, stages)
+    y_acc = y_bar
+    r_bars = [None] * n_st
+    for i in range(n_st - 1, -1, -1):
+        r_bar = (step.w_inv_t @ u_bar[..., i, None])[..., 0]
+        y_i = adj.f_vjp_y(step.inputs[i], q, r_bar)
+        if i == n_st - 1:
+            y_i = y_i + y_bar
+            y_acc = y_i
+        else:
+            y_acc = y_acc + y_i
+        if i > 0:
+            u_bar = u_bar + y_i[..., None] * coef.a[i] + (r_bar * inv_h)[..., None] * coef.c[i]
+        r_bars[i] = r_bar
+    r_stack = torch.stack(r_bars)  # (stages, B, S)
+    u_stack = torch.stack(step.stages)  # (stages, B, S)
+    j_bar = torch.einsum("ibs,ibt->bst", r_stack, u_stack).flatten(-2)[..., adj.entries]
+    return y_acc + adj.jac_vjp_y(step.y, q, j_bar), r_stack, j_bar
+
+
+class _Run:
+    """The forward solve, called by the autograd function with its own inputs."""
+
+    def __init__(self, step, tableau, ts, t0, options):
+        self.step, self.tableau, self.ts, self.t0 = step, tableau, ts, t0
+        self.options = options
+        self.result: Any = None
+
+    def __call__(self, y0, q, tape):
+        step = self.step
+        cols = step.columns(q)
+
+        def rhs(t, y, kk):
+            return step.rhs(t, y, cols if kk is q else step.columns(kk))
+
+        def rhs_jac(t, y, kk):
+            return step.rhs_jac(t, y, cols if kk is q else step.columns(kk))
+
+        def jac(t, y, kk):
+            return rhs_jac(t, y, kk)[1]
+
+        return rosenbrock_solve(rhs, jac, None, self.ts, self.t0, y0, q, tableau=self.tableau,
+                                rhs_jac=rhs_jac, tape=tape, **self.options)
+
+
+def adjoint_rosenbrock_solve(step, adj, ts: torch.Tensor, t0: float, y0: torch.Tensor,
+                             k: torch.Tensor, *, tableau, **options
+                             ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``rosenbrock_solve`` with the step functions ``step`` (autonomous) whose gradient
+    with respect to ``y0`` and ``k`` is a discrete adjoint (``adj``); same returns."""
+    q = step.prep(k)
+    run = _Run(step, tableau, ts, t0, options)
+    ys = _Solve.apply(y0, q, run, adj)
+    status, steps = run.result
+    return ys, status, steps
