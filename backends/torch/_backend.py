@@ -121,6 +121,12 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
         )
     explicit = method == "auto" or isinstance(method, TorchDiffEq)
     backsolve = _adjoint_flag(adjoint, explicit)
+    if y0.shape[-1] == 0:
+        # No state (every species constant or a boundary condition): nothing to solve;
+        # the outputs depend on time and constants only.
+        b = y0.shape[0]
+        ys = y0[:, None, :].expand(b, times.shape[0], 0)
+        return ys, np.zeros(b, np.int64), np.zeros(b, np.int64)
     common = dict(rtol=opts.rtol, atol=opts.atol, dt0=opts.dt0)
 
     # The constants are split once per solve: the generated functions read them only

@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
+#: What the explicit solver sees instead of a NaN or infinite derivative: a finite value,
+#: so that the step's error is huge rather than NaN, and the step is rejected and shrunk.
+_NAN_STANDIN = 1e300
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,11 @@ def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
         options["first_step"] = float(dt0)
 
     def func(t, y):
-        return rhs(t, y, k)
+        # A NaN or infinite derivative at a trial stage (e.g. a rate law undefined past a
+        # threshold that the step overshoots) must reject the step, as a large error does;
+        # torchdiffeq would turn a NaN error (or inf - inf) into a NaN step size and stop.
+        return torch.nan_to_num(rhs(t, y, k), nan=_NAN_STANDIN, posinf=_NAN_STANDIN,
+                                neginf=-_NAN_STANDIN)
 
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     extra = {"adjoint_params": (k,), "adjoint_options": {"norm": "seminorm"}} if adjoint else {}
