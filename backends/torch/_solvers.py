@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
 
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
-    "Tape", "TapeStep",
+    "Tape", "TapeStep", "single_threaded",
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -92,6 +93,29 @@ def _coefficients(tab: RosenbrockTableau, like: torch.Tensor) -> list[torch.Tens
     return out
 
 
+#: Solves whose batch x states is at most this run on one CPU thread (see
+#: :func:`single_threaded`).
+SMALL = 4096
+
+
+@contextlib.contextmanager
+def single_threaded(x: torch.Tensor):
+    """Run the block on one CPU thread when ``x`` (B, S) is small. torch parallelises
+    operations on tensors above a grain size (and batched factorisations) over its thread
+    pool, whose wake-up costs milliseconds per call on a loaded machine (measured: the
+    adjoint's batched calls over all steps and stages, 1640 rows: 15 ms on 2 threads,
+    0.75 ms on one); tiny operations gain nothing from threads."""
+    if x.device.type != "cpu" or x.numel() > SMALL or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _inverse(w: torch.Tensor) -> torch.Tensor:
     """Batched inverse of small matrices. On CPU, torch parallelises a batched
     factorisation over its thread pool, whose start-up costs ~18 ms per call on a loaded
@@ -107,11 +131,8 @@ def _inverse(w: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
-def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=None,
-             record=False):
-    """One Rosenbrock step of size ``h`` (B,) from ``(t, y)``: returns (y_new, error),
-    and with ``record`` also what a discrete adjoint needs: ``(W^-1, [Y_i], [U_i])``
-    (the stage matrix's inverse, the stage inputs and the stages).
+def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=None):
+    """One Rosenbrock step of size ``h`` (B,) from ``(t, y)``: returns (y_new, error).
 
     Written for few torch operations per stage: earlier stages are combined with one
     matmul, and the stage matrix is inverted once (a matmul per stage, not a solve).
@@ -127,7 +148,6 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=N
     w_inv_t = _inverse(w).transpose(-1, -2)
     ft = dfdt(t, y, k) if dfdt is not None else None
     stages: list[torch.Tensor] = []
-    inputs: list[torch.Tensor] = []
     yi = y
     for i in range(tab.stages):
         ti = t if (dfdt is None or c[i] == 0.0) else t + c[i] * h
@@ -140,12 +160,80 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=N
         if ft is not None and d[i] != 0.0:
             rhs_i = rhs_i + (d[i] * hc) * ft
         stages.append((rhs_i.unsqueeze(-2) @ w_inv_t).squeeze(-2))
+    # Stiffly accurate: the solution is the last stage's input plus the last stage.
+    return yi + stages[-1], stages[-1]
+
+
+@dataclass(frozen=True)
+class _Mixing:
+    """A tableau's stage combinations as tensors, for :func:`_attempt_nograd` and the
+    adjoint. Forward: stage ``i``'s input and C-term are ``m[:, i] @ [y; U_0..U_s-1]``
+    with ``m = fa + fc / h`` (B, s, 2, s + 1). Backward: ``mt = ba + bc / h``
+    (B, s, s, 2), ``mt[:, i]`` = columns ``A[i, :]`` and ``C[i, :] / h``."""
+
+    fa: torch.Tensor
+    fc: torch.Tensor
+    ba: torch.Tensor
+    bc: torch.Tensor
+    last: torch.Tensor  # (s, 1): selects the last stage
+    stages: int
+    gamma: float
+
+
+_MIXING: dict = {}
+
+
+def mixing(tab: RosenbrockTableau, dtype: torch.dtype, device) -> _Mixing:
+    key = (id(tab), dtype, str(device))
+    out = _MIXING.get(key)
+    if out is None:
+        s = tab.stages
+        fa = np.zeros((s, 2, s + 1))
+        fc = np.zeros((s, 2, s + 1))
+        fa[:, 0, 0] = 1.0
+        fa[:, 0, 1:] = tab.A
+        fc[:, 1, 1:] = tab.C
+        ba = np.stack([tab.A, np.zeros_like(tab.A)], axis=-1)  # (s, s, 2)
+        bc = np.stack([np.zeros_like(tab.C), tab.C], axis=-1)
+        last = np.zeros((s, 1))
+        last[-1] = 1.0
+
+        def t(a):
+            return torch.as_tensor(a, dtype=dtype, device=device)
+
+        with torch.inference_mode(False):  # cached: never an inference tensor
+            out = _MIXING[key] = _Mixing(t(fa), t(fc), t(ba), t(bc), t(last), s, tab.gamma)
+    return out
+
+
+def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
+    """:func:`_attempt` without autograd, for autonomous systems with ``rhs_jac``: the
+    stages are written into one buffer and each stage input and C-term come from one
+    batched matmul (fewer operations per stage). With ``record``, also returns
+    ``(W^-1, J, [Y_i], U)`` for the discrete adjoint (``U``: (B, s, S))."""
+    b, n = y.shape
+    s = mix.stages
+    inv_h = torch.reciprocal(h)
+    f0, jy = rhs_jac(t, y, k)
+    w = torch.diag_embed((inv_h * (1.0 / mix.gamma))[:, None].expand(b, n)) - jy
+    w_inv = _inverse(w)
+    w_inv_t = w_inv.transpose(1, 2)
+    m = torch.addcmul(mix.fa, mix.fc, inv_h[:, None, None, None])  # (B, s, 2, s + 1)
+    u = y.new_zeros((b, s + 1, n))
+    u[:, 0] = y
+    # torch.bmm: the @ operator is a Python function with ~5 us more overhead per call
+    u[:, 1:2] = torch.bmm(f0[:, None, :], w_inv_t)
+    inputs = [y]
+    yi = y
+    for i in range(1, s):
+        yi, ci = torch.bmm(m[:, i], u).unbind(1)
+        u[:, i + 1:i + 2] = torch.bmm((rhs(t, yi, k) + ci)[:, None, :], w_inv_t)
         if record:
             inputs.append(yi)
-    # Stiffly accurate: the solution is the last stage's input plus the last stage.
+    err = u[:, s]
     if record:
-        return yi + stages[-1], stages[-1], (w_inv_t, inputs, stages)
-    return yi + stages[-1], stages[-1]
+        return yi + err, err, (w_inv, jy, inputs, u[:, 1:])
+    return yi + err, err
 
 
 def rosenbrock_solve(
@@ -159,6 +247,13 @@ def rosenbrock_solve(
     ``rhs_jac(t, y, k) -> (rhs, jac)`` (optional) computes both in one call. With a
     ``tape`` (and autograd off), every accepted step is recorded on it for a discrete
     adjoint (``_adjoint``)."""
+    with single_threaded(y0):
+        return _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
+                                 tableau, rhs_jac, tape)
+
+
+def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0, tableau,
+                      rhs_jac, tape):
     b, n_t = y0.shape[0], int(ts.shape[0])
     dev, dt = y0.device, y0.dtype
     ts_np = ts.detach().cpu().numpy().astype(np.float64)
@@ -176,6 +271,10 @@ def rosenbrock_solve(
     _advance_saves(nxt, snap_idx, ts_np, t, np.ones(b, bool), 0)
     y = y0
     coef = _coefficients(tableau, y0)
+    fast = rhs_jac is not None and dfdt is None and not torch.is_grad_enabled()
+    if tape is not None and not fast:
+        raise ValueError("a tape needs rhs_jac, an autonomous system and autograd off")
+    mix = mixing(tableau, dt, dev) if fast else None
     nonfinite = np.zeros(b, dtype=bool)
     while True:
         active = (nxt < n_t) & (status == 0)
@@ -186,8 +285,10 @@ def rosenbrock_solve(
         clipped = active & (h >= t_target - t)
         th = torch.as_tensor(t, dtype=dt, device=dev)
         hh = torch.as_tensor(h_try, dtype=dt, device=dev)
-        out = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh, rhs_jac,
-                       record=tape is not None)
+        if fast:
+            out = _attempt_nograd(mix, rhs, rhs_jac, th, y, k, hh, record=tape is not None)
+        else:
+            out = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh, rhs_jac)
         y_new, err = out[0], out[1]
         with torch.no_grad():
             sc = atol + rtol * torch.maximum(y.abs(), y_new.abs())
@@ -240,15 +341,16 @@ def rosenbrock_solve(
 class TapeStep:
     """One loop iteration of the Rosenbrock solver in which some members accepted:
     ``accept`` (B,) which did, ``h`` (B,) the step sizes, ``y`` the states before, and
-    the attempt's ``W^-1`` (transposed), stage inputs and stages; ``snap``: the index of
-    the snapshot taken after it (-1: none)."""
+    the attempt's ``W^-1``, Jacobian at ``y``, stage inputs and stages; ``snap``: the
+    index of the snapshot taken after it (-1: none)."""
 
     accept: torch.Tensor
     h: torch.Tensor
     y: torch.Tensor
-    w_inv_t: torch.Tensor
+    w_inv: torch.Tensor
+    jac: torch.Tensor
     inputs: list
-    stages: list
+    stages: torch.Tensor  # (B, s, S)
     snap: int = -1
 
 
