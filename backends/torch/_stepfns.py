@@ -57,9 +57,27 @@ MAX_TERMS = 2_000
 
 
 class _StepPrinter(_Printer):
-    """The kinabs printer, with reciprocals as ``ops.recip`` (a C call on torch)."""
+    """The kinabs printer with fewer and cheaper torch calls: reciprocals as
+    ``ops.recip`` (``Tensor.__rtruediv__`` is a Python function), negative terms
+    subtracted and negative products negated (no multiplication by a Python -1.0),
+    integer powers of a compound base computed once."""
+
+    def p(self, e: sympy.Basic) -> str:
+        if isinstance(e, sympy.Add):
+            pos, neg = [], []
+            for a in e.args:
+                (neg if a.could_extract_minus_sign() else pos).append(a)
+            if neg:
+                if not pos:
+                    return f"(-{self.p(sympy.Add(*[-a for a in neg]))})"
+                text = " + ".join(self.p(a) for a in pos)
+                return "(" + text + "".join(f" - {self.p(-a)}" for a in neg) + ")"
+        return super().p(e)
 
     def _mul(self, e: sympy.Mul) -> str:
+        coeff, rest = e.as_coeff_Mul()
+        if coeff == -1 and rest != 1:
+            return f"(-{self.p(rest)})"
         num, den = [], []
         for a in e.args:
             if isinstance(a, sympy.Pow) and a.exp.is_Number and a.exp < 0:
@@ -83,6 +101,10 @@ class _StepPrinter(_Printer):
             return f"ops.square({self.p(base)})"
         if exp == -2:
             return f"ops.recip(ops.square({self.p(base)}))"
+        if exp == 3:
+            return f"ops.cube({self.p(base)})"
+        if exp == -3:
+            return f"ops.recip(ops.cube({self.p(base)}))"
         return super()._pow(base, exp)
 
 
@@ -317,6 +339,9 @@ class _StepOps(TorchOps):
 
     def square(self, x):
         return torch.square(x)
+
+    def cube(self, x):
+        return torch.pow(x, 3)
 
     def __init__(self, device: Any = None, dtype: torch.dtype = torch.float64) -> None:
         super().__init__(device, dtype)
