@@ -20,6 +20,12 @@ by sympy). Members that did not accept a step pass their adjoint through unchang
 ``q`` are the hoisted constants (``_stepfns``): autograd carries their gradient on to
 the parameters, through ``prep`` (once per solve).
 
+Costs: the forward evaluates ``rhs_jac`` (right-hand side and Jacobian, one fused call)
+at every stage, so the backward's ``f_y(Y_i)^T r_i^`` is one batched matmul; the
+constants' part ``f_q(Y_i)^T r_i^`` (and the one of ``J``) feeds nothing back into the
+steps, so it is one call over every stage of every step at the end. Both passes run in
+inference mode, on one thread for small systems (``_solvers.single_threaded``).
+
 Only for autonomous systems with step functions; other solves use autograd.
 """
 
@@ -46,7 +52,7 @@ class _Solve(torch.autograd.Function):
             ys, status, steps = run(y0, q, tape)
         ys = ys.clone()
         run.result = (status, steps)
-        ctx.tape, ctx.adj, ctx.step_fns = tape, adj, run.step
+        ctx.tape, ctx.adj = tape, adj
         ctx.save_for_backward(q)
         ctx.tableau = run.tableau
         return ys
@@ -61,7 +67,7 @@ class _Solve(torch.autograd.Function):
 def _backward(ctx, grad_ys):
     """The adjoint of every recorded step, last first (see the module)."""
     (q,) = ctx.saved_tensors
-    tape, adj, step_fns = ctx.tape, ctx.adj, ctx.step_fns
+    tape, adj = ctx.tape, ctx.adj
     b, _, s = grad_ys.shape
     dev, dt = grad_ys.device, grad_ys.dtype
     mix = mixing(ctx.tableau, dt, dev)
@@ -75,7 +81,7 @@ def _backward(ctx, grad_ys):
     for step in reversed(tape.steps):
         if step.snap >= 0:
             y_bar = y_bar + g[step.snap]
-        dy, r_bar, j_bar = _step_adjoint(adj, step_fns, mix, step, qc, y_bar)
+        dy, r_bar, j_bar = _step_adjoint(adj, mix, step, qc, y_bar)
         y_bar = torch.where(step.accept[:, None], dy, y_bar)
         r_bars.append(r_bar)
         j_bars.append(j_bar)
@@ -93,31 +99,27 @@ def _backward(ctx, grad_ys):
     return y_bar, q_bar, None, None
 
 
-def _step_adjoint(adj, step_fns, mix, step, q, y_bar):
+def _step_adjoint(adj, mix, step, q, y_bar):
     """The state's adjoint through one Rosenbrock step (see the module), and what the
     constants' adjoint needs: the stages' r^ (stages, B, S) and the weights of the
     Jacobian's entries J^ (B, nonzeros)."""
     n_st = mix.stages
     inv_h = torch.reciprocal(step.h)
-    mt = torch.addcmul(mix.ba, mix.bc, inv_h[:, None, None, None])  # (B, s, s, 2)
-    u_bar = mix.last * y_bar[:, None, :]  # (B, s, S): the last stage's adjoint is y_new^
-    y_acc = None
+    mt = torch.addcmul(mix.ba, mix.bc, inv_h[:, None, None, None])  # (B, s, s + 1, 2)
+    # rows 0..s-1: the stages' adjoints U_j^ (the last one starts as y_new^); row s: the
+    # state's adjoint, the sum of the stage inputs' adjoints Y_i^
+    u_bar = mix.last * y_bar[:, None, :]
     r_bars = [None] * n_st
     for i in range(n_st - 1, -1, -1):
         r_bar = torch.bmm(u_bar[:, i:i + 1], step.w_inv)  # (B, 1, S): W^-T u_i^
-        jac = step.jac if i == 0 else step_fns.jac(None, step.inputs[i], q)
-        y_i = torch.bmm(r_bar, jac)  # (B, 1, S): J(Y_i)^T r_i^
+        y_i = torch.bmm(r_bar, step.jacs[i])  # (B, 1, S): J(Y_i)^T r_i^
         if i == n_st - 1:  # y_new = Y_last + U_last
             y_i = y_i + y_bar[:, None, :]
-            y_acc = y_i[:, 0]
-        else:
-            y_acc = y_acc + y_i[:, 0]
-        if i > 0:
-            u_bar = torch.baddbmm(u_bar, mt[:, i], torch.cat([y_i, r_bar], dim=1))
+        u_bar = torch.baddbmm(u_bar, mt[:, i], torch.cat([y_i, r_bar], dim=1))
         r_bars[i] = r_bar
     r_mat = torch.cat(r_bars, dim=1)  # (B, s, S)
     j_bar = torch.bmm(r_mat.transpose(1, 2), step.stages).flatten(-2)[..., adj.entries]
-    return y_acc + adj.jac_vjp_y(step.y, q, j_bar), r_mat.transpose(0, 1), j_bar
+    return u_bar[:, n_st] + adj.jac_vjp_y(step.y, q, j_bar), r_mat.transpose(0, 1), j_bar
 
 
 class _Run:

@@ -169,13 +169,14 @@ class _Mixing:
     """A tableau's stage combinations as tensors, for :func:`_attempt_nograd` and the
     adjoint. Forward: stage ``i``'s input and C-term are ``m[:, i] @ [y; U_0..U_s-1]``
     with ``m = fa + fc / h`` (B, s, 2, s + 1). Backward: ``mt = ba + bc / h``
-    (B, s, s, 2), ``mt[:, i]`` = columns ``A[i, :]`` and ``C[i, :] / h``."""
+    (B, s, s + 1, 2), ``mt[:, i]`` = columns ``A[i, :]`` and ``C[i, :] / h`` with a last
+    row ``(1, 0)`` (the state's adjoint: the sum of the stage inputs' adjoints)."""
 
     fa: torch.Tensor
     fc: torch.Tensor
     ba: torch.Tensor
     bc: torch.Tensor
-    last: torch.Tensor  # (s, 1): selects the last stage
+    last: torch.Tensor  # (s + 1, 1): selects the last stage
     stages: int
     gamma: float
 
@@ -193,10 +194,13 @@ def mixing(tab: RosenbrockTableau, dtype: torch.dtype, device) -> _Mixing:
         fa[:, 0, 0] = 1.0
         fa[:, 0, 1:] = tab.A
         fc[:, 1, 1:] = tab.C
-        ba = np.stack([tab.A, np.zeros_like(tab.A)], axis=-1)  # (s, s, 2)
-        bc = np.stack([np.zeros_like(tab.C), tab.C], axis=-1)
-        last = np.zeros((s, 1))
-        last[-1] = 1.0
+        ba = np.zeros((s, s + 1, 2))  # row s: the state's adjoint accumulates Y_i^
+        ba[:, :s, 0] = tab.A
+        ba[:, s, 0] = 1.0
+        bc = np.zeros((s, s + 1, 2))
+        bc[:, :s, 1] = tab.C
+        last = np.zeros((s + 1, 1))
+        last[s - 1] = 1.0
 
         def t(a):
             return torch.as_tensor(a, dtype=dtype, device=device)
@@ -210,7 +214,8 @@ def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
     """:func:`_attempt` without autograd, for autonomous systems with ``rhs_jac``: the
     stages are written into one buffer and each stage input and C-term come from one
     batched matmul (fewer operations per stage). With ``record``, also returns
-    ``(W^-1, J, [Y_i], U)`` for the discrete adjoint (``U``: (B, s, S))."""
+    ``(W^-1, [J(Y_i)], [Y_i], U)`` for the discrete adjoint (``U``: (B, s, S)); the stage
+    Jacobians then come from ``rhs_jac`` with the stage values (one fused call)."""
     b, n = y.shape
     s = mix.stages
     inv_h = torch.reciprocal(h)
@@ -223,16 +228,20 @@ def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
     u[:, 0] = y
     # torch.bmm: the @ operator is a Python function with ~5 us more overhead per call
     u[:, 1:2] = torch.bmm(f0[:, None, :], w_inv_t)
-    inputs = [y]
+    inputs, jacs = [y], [jy]
     yi = y
     for i in range(1, s):
         yi, ci = torch.bmm(m[:, i], u).unbind(1)
-        u[:, i + 1:i + 2] = torch.bmm((rhs(t, yi, k) + ci)[:, None, :], w_inv_t)
         if record:
+            fi, ji = rhs_jac(t, yi, k)
             inputs.append(yi)
+            jacs.append(ji)
+        else:
+            fi = rhs(t, yi, k)
+        u[:, i + 1:i + 2] = torch.bmm((fi + ci)[:, None, :], w_inv_t)
     err = u[:, s]
     if record:
-        return yi + err, err, (w_inv, jy, inputs, u[:, 1:])
+        return yi + err, err, (w_inv, jacs, inputs, u[:, 1:])
     return yi + err, err
 
 
@@ -341,14 +350,14 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
 class TapeStep:
     """One loop iteration of the Rosenbrock solver in which some members accepted:
     ``accept`` (B,) which did, ``h`` (B,) the step sizes, ``y`` the states before, and
-    the attempt's ``W^-1``, Jacobian at ``y``, stage inputs and stages; ``snap``: the
+    the attempt's ``W^-1``, stage Jacobians, stage inputs and stages; ``snap``: the
     index of the snapshot taken after it (-1: none)."""
 
     accept: torch.Tensor
     h: torch.Tensor
     y: torch.Tensor
     w_inv: torch.Tensor
-    jac: torch.Tensor
+    jacs: list
     inputs: list
     stages: torch.Tensor  # (B, s, S)
     snap: int = -1
