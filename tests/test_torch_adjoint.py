@@ -27,11 +27,29 @@ from tests._models import robertson_model  # noqa: E402
 R = kinabs.SpeciesReference
 
 
+def switch_model() -> kinabs.Model:
+    """A -> B at rate k A, doubled from t = 2: time appears only in a piecewise-constant
+    factor (d rhs / dt = 0), so the solve counts as autonomous and uses the adjoint."""
+    from kinabs._model import TIME
+
+    factor = sympy.Piecewise((1.0, TIME < 2.0), (2.0, True))
+    return kinabs.Model(
+        id="switch",
+        compartments={"c": kinabs.Compartment("c", 1.0)},
+        species={"A": kinabs.Species("A", "c", initial_concentration=2.0),
+                 "B": kinabs.Species("B", "c", initial_concentration=0.1)},
+        parameters={"k": kinabs.Parameter("k", 0.3), "kb": kinabs.Parameter("kb", 0.2)},
+        reactions={"r": kinabs.Reaction("r", sym("k") * sym("A") * factor, (R("A"),), (R("B"),)),
+                   "d": kinabs.Reaction("d", sym("kb") * sym("B") ** 2, (R("B"),), ())},
+    )
+
+
 def _systems(model):
-    return {"serine": kinabs.lower(model), "robertson": kinabs.lower(robertson_model())}
+    return {"serine": kinabs.lower(model), "robertson": kinabs.lower(robertson_model()),
+            "switch": kinabs.lower(switch_model())}
 
 
-@pytest.mark.parametrize("name", ["serine", "robertson"])
+@pytest.mark.parametrize("name", ["serine", "robertson", "switch"])
 def test_step_functions_equal_the_generated_functions(model, name):
     system = _systems(model)[name]
     low = lowered(system)
@@ -42,13 +60,15 @@ def test_step_functions_equal_the_generated_functions(model, name):
     y0, k = low.fns.init(torch.tensor(0.0, dtype=torch.float64), p)
     y = y0 * torch.as_tensor(rng.uniform(0.3, 1.5, size=y0.shape)) + 1e-3
     q = low.step.columns(low.step.prep(k))
-    want_f = low.fns.rhs(None, y, Columns(k))
-    want_j = low.jac(None, y, Columns(k))
-    f, j = low.step.rhs_jac(None, y, q)
-    torch.testing.assert_close(low.step.rhs(None, y, q), want_f, rtol=1e-12, atol=0)
-    torch.testing.assert_close(f, want_f, rtol=1e-12, atol=0)
-    torch.testing.assert_close(j, want_j, rtol=1e-12, atol=1e-300)
-    torch.testing.assert_close(low.step.jac(None, y, q), want_j, rtol=1e-12, atol=1e-300)
+    for t in (0.5, 3.0):  # before and after the switch's time
+        t = torch.tensor(t, dtype=torch.float64)
+        want_f = low.fns.rhs(t, y, Columns(k))
+        want_j = low.jac(t, y, Columns(k))
+        f, j = low.step.rhs_jac(t, y, q)
+        torch.testing.assert_close(low.step.rhs(t, y, q), want_f, rtol=1e-12, atol=0)
+        torch.testing.assert_close(f, want_f, rtol=1e-12, atol=0)
+        torch.testing.assert_close(j, want_j, rtol=1e-12, atol=1e-300)
+        torch.testing.assert_close(low.step.jac(t, y, q), want_j, rtol=1e-12, atol=1e-300)
 
 
 def _loss_and_grads(system, p, y_scale, solver, adjoint: bool, monkeypatch):
@@ -67,7 +87,7 @@ def _loss_and_grads(system, p, y_scale, solver, adjoint: bool, monkeypatch):
     return loss.detach(), ys.detach(), p.grad, y0.grad, status, steps
 
 
-@pytest.mark.parametrize("name", ["serine", "robertson"])
+@pytest.mark.parametrize("name", ["serine", "robertson", "switch"])
 def test_discrete_adjoint_equals_autograd_through_the_steps(model, name, monkeypatch):
     """Same steps (the solve is the same), so the same gradient to rounding, by the
     parameters and by the initial state, for every member of a batch."""
@@ -81,11 +101,18 @@ def test_discrete_adjoint_equals_autograd_through_the_steps(model, name, monkeyp
     fast = _loss_and_grads(system, p, y_scale, solver, True, monkeypatch)
     slow = _loss_and_grads(system, p, y_scale, solver, False, monkeypatch)
     np.testing.assert_array_equal(fast[4], 0)
-    np.testing.assert_array_equal(fast[5], slow[5])  # same accepted steps
-    torch.testing.assert_close(fast[1], slow[1], rtol=1e-12, atol=1e-300)
+    np.testing.assert_array_equal(fast[5], slow[5])  # as many accepted steps
+    # The adjoint's forward (no autograd) rounds differently from autograd's; on serine
+    # and Robertson the step sizes still come out the same, so solutions and gradients
+    # agree to rounding. The switch's error estimates are at rounding level early on, so
+    # its steps differ slightly: the solutions then agree to the tolerance only.
+    same_steps = name != "switch"
+    rtol = 1e-12 if same_steps else 1e-5
+    torch.testing.assert_close(fast[1], slow[1], rtol=rtol, atol=1e-300)
     for a, b in zip(fast[2:4], slow[2:4]):
         assert torch.isfinite(a).all() and a.abs().max() > 0
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12 * b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-8 if same_steps else 1e-4,
+                                   atol=1e-12 * b.abs().max().item())
 
 
 def test_discrete_adjoint_with_a_failing_member(model, monkeypatch):
@@ -106,6 +133,21 @@ def test_discrete_adjoint_with_a_failing_member(model, monkeypatch):
     assert list(fast[4]) == list(slow[4]) and fast[4][0] != 0 and np.all(fast[4][1:] == 0)
     for a, b in zip(fast[2:4], slow[2:4]):
         torch.testing.assert_close(a[1:], b[1:], rtol=1e-8, atol=1e-12 * b[1:].abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["auto", "nonstiff"])
+def test_rate_that_switches_at_a_time(method):
+    """d rhs/dt = 0 almost everywhere, but the rate doubles at t = 2. (Rodas5, "stiff", is
+    only good to ~2e-5 here: its error estimate, the last stage, does not see a switch
+    inside a step even with every stage at its own time; see docs/torch.md.)"""
+    times = np.array([1.0, 2.5, 4.0])
+    sim = kinabs.simulate(switch_model(), times, outputs=["A"], backend="torch",
+                          solver=kinabs.SolverOptions(method=method, rtol=1e-10,
+                                                      atol=1e-12))
+    k = 0.3
+    expected = 2.0 * np.where(times < 2, np.exp(-k * times),
+                              np.exp(-2 * k) * np.exp(-2 * k * (times - 2)))
+    np.testing.assert_allclose(sim.values[0][:, 0], expected, rtol=1e-7)
 
 
 def test_stateless_system_simulates_on_torch():

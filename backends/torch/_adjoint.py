@@ -93,8 +93,11 @@ def _backward(ctx, grad_ys):
         steps = tape.steps[::-1]
         accept = torch.stack([st.accept for st in steps])[..., None]  # (n, B, 1)
         inputs = torch.stack([torch.stack(st.inputs) for st in steps])  # (n, s, B, S)
-        zf = adj.f_vjp_q(inputs, qc, torch.stack(r_bars))  # (n, s, B, H)
-        zj = adj.jac_vjp_q(torch.stack([st.y for st in steps]), qc, torch.stack(j_bars))
+        # at the stages' times (d rhs/dt = 0, but a rate may switch at a time)
+        tcs = torch.stack([st.tc for st in steps]).transpose(1, 2)  # (n, s, B)
+        zf = adj.f_vjp_q(tcs, inputs, qc, torch.stack(r_bars))  # (n, s, B, H)
+        zj = adj.jac_vjp_q(tcs[:, 0], torch.stack([st.y for st in steps]), qc,
+                           torch.stack(j_bars))
         q_bar = (torch.where(accept, zf.sum(1), 0.0) + torch.where(accept, zj, 0.0)).sum(0)
     return y_bar, q_bar, None, None
 
@@ -119,7 +122,8 @@ def _step_adjoint(adj, mix, step, q, y_bar):
         r_bars[i] = r_bar
     r_mat = torch.cat(r_bars, dim=1)  # (B, s, S)
     j_bar = torch.bmm(r_mat.transpose(1, 2), step.stages).flatten(-2)[..., adj.entries]
-    return u_bar[:, n_st] + adj.jac_vjp_y(step.y, q, j_bar), r_mat.transpose(0, 1), j_bar
+    dy = adj.jac_vjp_y(step.tc[:, 0], step.y, q, j_bar)
+    return u_bar[:, n_st] + dy, r_mat.transpose(0, 1), j_bar
 
 
 class _Run:

@@ -150,7 +150,9 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=N
     stages: list[torch.Tensor] = []
     yi = y
     for i in range(tab.stages):
-        ti = t if (dfdt is None or c[i] == 0.0) else t + c[i] * h
+        # stage times even when d rhs/dt = 0: a rate that switches at a time (piecewise
+        # in t) must be seen switching inside a step, or the error estimate misses it
+        ti = t if c[i] == 0.0 else t + c[i] * h
         if i == 0:
             rhs_i = f0 if f0 is not None else rhs(ti, y, k)
         else:
@@ -177,6 +179,7 @@ class _Mixing:
     ba: torch.Tensor
     bc: torch.Tensor
     last: torch.Tensor  # (s + 1, 1): selects the last stage
+    c: torch.Tensor  # (s,): the stages' times as fractions of the step
     stages: int
     gamma: float
 
@@ -206,7 +209,8 @@ def mixing(tab: RosenbrockTableau, dtype: torch.dtype, device) -> _Mixing:
             return torch.as_tensor(a, dtype=dtype, device=device)
 
         with torch.inference_mode(False):  # cached: never an inference tensor
-            out = _MIXING[key] = _Mixing(t(fa), t(fc), t(ba), t(bc), t(last), s, tab.gamma)
+            out = _MIXING[key] = _Mixing(t(fa), t(fc), t(ba), t(bc), t(last), t(tab.c), s,
+                                         tab.gamma)
     return out
 
 
@@ -219,6 +223,7 @@ def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
     b, n = y.shape
     s = mix.stages
     inv_h = torch.reciprocal(h)
+    tc = torch.addcmul(t[:, None], h[:, None], mix.c)  # (B, s): the stages' times
     f0, jy = rhs_jac(t, y, k)
     w = torch.diag_embed((inv_h * (1.0 / mix.gamma))[:, None].expand(b, n)) - jy
     w_inv = _inverse(w)
@@ -233,15 +238,15 @@ def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
     for i in range(1, s):
         yi, ci = torch.bmm(m[:, i], u).unbind(1)
         if record:
-            fi, ji = rhs_jac(t, yi, k)
+            fi, ji = rhs_jac(tc[:, i], yi, k)
             inputs.append(yi)
             jacs.append(ji)
         else:
-            fi = rhs(t, yi, k)
+            fi = rhs(tc[:, i], yi, k)
         u[:, i + 1:i + 2] = torch.bmm((fi + ci)[:, None, :], w_inv_t)
     err = u[:, s]
     if record:
-        return yi + err, err, (w_inv, jacs, inputs, u[:, 1:])
+        return yi + err, err, (tc, w_inv, jacs, inputs, u[:, 1:])
     return yi + err, err
 
 
@@ -349,13 +354,15 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
 @dataclass
 class TapeStep:
     """One loop iteration of the Rosenbrock solver in which some members accepted:
-    ``accept`` (B,) which did, ``h`` (B,) the step sizes, ``y`` the states before, and
+    ``accept`` (B,) which did, ``h`` (B,) the step sizes, ``y`` the states before, ``tc``
+    the stages' times, and
     the attempt's ``W^-1``, stage Jacobians, stage inputs and stages; ``snap``: the
     index of the snapshot taken after it (-1: none)."""
 
     accept: torch.Tensor
     h: torch.Tensor
     y: torch.Tensor
+    tc: torch.Tensor  # (B, s): the stages' times
     w_inv: torch.Tensor
     jacs: list
     inputs: list

@@ -174,8 +174,8 @@ class AdjointFunctions:
     """Vector-Jacobian products for a discrete adjoint of the Rosenbrock step, by the
     state (``*_y``: (B, S)) or by the hoisted constants (``*_q``: (B, H)):
 
-    * ``f_vjp_*(y, q, lam)``: ``lam . f(y, q)`` differentiated;
-    * ``jac_vjp_*(y, q, m)``: ``sum_e m_e J_e(y, q)`` differentiated, with ``m`` the
+    * ``f_vjp_q(t, y, q, lam)``: ``lam . f(y, q)`` differentiated;
+    * ``jac_vjp_*(t, y, q, m)``: ``sum_e m_e J_e(y, q)`` differentiated, with ``m`` the
       weights of the Jacobian's structurally nonzero entries:
       ``M.flatten(-2)[..., entries]``.
     """
@@ -274,7 +274,7 @@ def _source(h: _Hoisted) -> tuple[str, np.ndarray | None]:
 
 
 def _adjoint_source(h: _Hoisted) -> str:
-    """Four functions ``name(y, q, w)``: ``sum_a w_a e_a(y, q)`` differentiated by the
+    """Three functions ``name(t, y, q, w)``: ``sum_a w_a e_a(y, q)`` differentiated by the
     state (``*_y``: (B, S)) or by the hoisted constants (``*_q``: (B, H)), with ``e`` the
     right-hand side (``f_vjp_*``) or the Jacobian's nonzero entries in ``keys`` order
     (``jac_vjp_*``). Entries that are zero are not computed (a gather fills them)."""
@@ -297,7 +297,7 @@ def _adjoint_source(h: _Hoisted) -> str:
             lines, outs = _block(pr, [grads[i] for i in nonzero], ind, {**_ARRAYS, "k": "w"})
             fn = f"{name}_{part}"
             names.append(fn)
-            body += [f"    def {fn}(y, q, w):", *_HEAD, f"{ind}w = ops.columns(w)", *lines]
+            body += [f"    def {fn}(t, y, q, w):", *_HEAD, f"{ind}w = ops.columns(w)", *lines]
             if not nonzero:
                 body.append(f"{ind}return ops.zeros_last(y.tensor, {len(grads)})")
             elif len(nonzero) == len(grads):
