@@ -15,10 +15,11 @@ functions compute the same mathematics as the generated ``rhs`` and the symbolic
 * **torch calls only where they are C functions**: ``1 / x`` is ``torch.reciprocal``
   (``Tensor.__rtruediv__`` is a Python function), states are split with one ``unbind``.
 
-Used for small systems only (see :data:`MAX_TERMS`): large ones keep the vectorised
-generated code (``kinabs._vectorize``), which grows with the number of rate-law shapes
-rather than reactions. Mathematically the same functions, so results agree with the
-generated ones to rounding (the order of some products differs).
+Used for small systems only (see :data:`MAX_TERMS`, :data:`SMALL_TERMS`): larger ones
+keep the generated code, vectorised (``kinabs._vectorize``) where rate laws share a
+shape, whose size grows with the number of shapes rather than reactions. Mathematically
+the same functions, so results agree with the generated ones to rounding (the order of
+some products differs).
 
 Example:
     >>> import torch, kinabs
@@ -41,19 +42,22 @@ import numpy as np
 import sympy
 import torch
 
-from kinabs._codegen import _block, _Printer
+from kinabs._codegen import MIN_GROUP, _block, _Printer
 from kinabs._errors import UnsupportedFeatureError
 from kinabs._jacobian import jacobian_entries
 from kinabs._model import TIME
 from kinabs._system import k_symbol, p_symbol, y_symbol
+from kinabs._vectorize import group_by_template
 from kinabs.backends.torch._ops import Columns, TorchOps
 
 __all__ = ["StepFunctions", "AdjointFunctions", "step_functions", "adjoint_functions",
-           "MAX_TERMS"]
+           "MAX_TERMS", "SMALL_TERMS"]
 
 #: Systems whose rates, scales and extra terms have more operations than this (sympy
-#: ``count_ops``) keep the vectorised generated functions.
+#: ``count_ops``) keep the generated functions; so do those above ``SMALL_TERMS`` whose
+#: generated code is vectorised.
 MAX_TERMS = 2_000
+SMALL_TERMS = 300
 
 
 class _StepPrinter(_Printer):
@@ -386,7 +390,12 @@ def _cached_hoisted(system) -> _Hoisted | None:
     if "torch-step-hoisted" not in system._cache:
         out = None
         exprs = [*system.rates, *(system.scale or ()), *system.extra]
-        if sum(sympy.count_ops(e) for e in exprs) <= MAX_TERMS:
+        # models whose generated code is vectorised (groups of same-shaped rate laws)
+        # keep it unless they are small: its operation count grows with the number of
+        # rate-law shapes, the step functions' with the number of reactions
+        size = sum(sympy.count_ops(e) for e in exprs)
+        if size <= SMALL_TERMS or (size <= MAX_TERMS and not group_by_template(
+                exprs, min_group=MIN_GROUP)):
             try:
                 out = _hoisted(system)
             except UnsupportedFeatureError:
