@@ -1,12 +1,19 @@
-"""The seed's serine fit, kinabs (JAX) against jaxkineticmodel 0.0.4, side by side.
+"""The seed's serine fit: kinabs on JAX and on torch against jaxkineticmodel 0.0.4.
 
 5 Latin hypercube starts x 300 iterations from the SAME starting points
-(benchmarks/serine_starts.csv), the peer's default optimiser (AdaBelief 1e-3 with clipped
-updates) on both sides. Each run is a fresh process, timed from before the first import
-to the results: kinabs with a cold cache (empty cache folder) and a warm one (the same
-folder again), the peer as it runs (it never caches). Prints a table and the ratios.
+(benchmarks/serine_starts.csv), the peer's default optimiser (AdaBelief 1e-3 with updates
+clipped to a global norm of log 4) on every side. Each run is a fresh process, timed from
+before the first import to the results (its peak memory is its own ``ru_maxrss``):
+kinabs-JAX with a cold cache (empty cache folder) and a warm one (the same folder again),
+kinabs-torch (nothing to cache: eager), and the peer as it runs (it never caches).
+Prints a table and the ratios.
 
-Run:  python benchmarks/bench_serine_fit.py [--skip-peer] [--n-iter 300] [--inits 5]
+Per-iteration times: JAX from a second round of the same fit (the compiled program
+reused); torch from the training chunks after the first (the first also generates the
+step and adjoint functions: the "compile s" column); the peer from its own step timings.
+
+Run:  python benchmarks/bench_serine_fit.py [--skip-peer] [--backends jax,torch]
+      [--n-iter 300] [--inits 5] [--out results.json]
       (the peer runs in its own venv: bash benchmarks/_peer_env.sh creates it)
 """
 
@@ -46,32 +53,65 @@ def child(args: argparse.Namespace) -> None:
     model = kinabs.load_sbml(kinabs.example_model_path())
     starts = pd.read_csv(args.starts).rename(columns=peer_name_to_kinabs).head(args.inits)
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(),
-                             n_iter=args.n_iter, progress=False,
+                             n_iter=args.n_iter, progress=False, backend=args.backend,
                              solver=kinabs.SolverOptions(method=args.method))
     trainer.parameter_sets = starts
     t_setup = time.perf_counter() - t0
+    chunks = _time_chunks(trainer) if args.backend == "torch" else None
     results = trainer.train()
     t_total = time.perf_counter() - t0
-    # steady state: a second round reuses the compiled program
-    t1 = time.perf_counter()
-    trainer.train(resume=results)
-    steady = (time.perf_counter() - t1) / (args.n_iter * args.inits)
+    t_train = t_total - t_setup
+    if chunks is None:
+        # steady state: a second round reuses the compiled program
+        t1 = time.perf_counter()
+        trainer.train(resume=results)
+        steady = (time.perf_counter() - t1) / (args.n_iter * args.inits)
+    else:
+        # eager: every chunk after the first (which also generates the step and adjoint
+        # functions) is steady
+        later = chunks[1:] or chunks
+        steady = sum(s for s, _ in later) / sum(n for _, n in later) / args.inits
     out = dict(
-        end_to_end_s=t_total, import_s=t_import, setup_s=t_setup,
-        train_s=t_total - t_setup,
-        compile_s=max(0.0, (t_total - t_setup) - steady * args.n_iter * args.inits),
+        backend=args.backend, end_to_end_s=t_total, import_s=t_import, setup_s=t_setup,
+        train_s=t_train,
+        compile_s=max(0.0, t_train - steady * args.n_iter * args.inits),
         per_iteration_per_start_ms=steady * 1e3,
+        per_iteration_ms=steady * args.inits * 1e3,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        cpu_s=time.process_time(),
         final_loss=[float(x) for x in results.final_loss], status=results.status,
     )
+    if args.backend == "torch":
+        import torch
+
+        out["torch"] = dict(version=torch.__version__, threads=torch.get_num_threads())
     print("KINABS-RESULT " + json.dumps(out))
 
 
-def run_kinabs(args, cache: str) -> dict:
+def _time_chunks(trainer) -> list[tuple[float, int]]:
+    """Wrap the training program's ``run`` (one chunk of iterations) to time each call."""
+    program = trainer._get_program()
+    run = program.run
+    chunks: list[tuple[float, int]] = []
+
+    def timed(state, n_iter):
+        t = time.perf_counter()
+        out = run(state, n_iter)
+        chunks.append((time.perf_counter() - t, n_iter))
+        return out
+
+    program.run = timed
+    return chunks
+
+
+def run_kinabs(args, cache: str, backend: str) -> dict:
     env = dict(os.environ, KINABS_JAX_CACHE=cache)
     cmd = [sys.executable, __file__, "--child", "--n-iter", str(args.n_iter), "--inits",
-           str(args.inits), "--starts", str(args.starts), "--method", args.method]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+           str(args.inits), "--starts", str(args.starts), "--method", args.method,
+           "--backend", backend]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {backend} run failed:\n{proc.stderr[-3000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("KINABS-RESULT "))
     return json.loads(line.split(" ", 1)[1])
 
@@ -104,39 +144,53 @@ def main() -> None:
     ap.add_argument("--inits", type=int, default=5)
     ap.add_argument("--starts", type=Path, default=STARTS)
     ap.add_argument("--method", default="auto", help="kinabs SolverOptions.method")
+    ap.add_argument("--backend", default="jax", help=argparse.SUPPRESS)  # child
+    ap.add_argument("--backends", default="jax,torch",
+                    help="kinabs backends to run, comma-separated (default: jax,torch)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write all figures as JSON")
     args = ap.parse_args()
     if args.child:
         child(args)
         return
-    with tempfile.TemporaryDirectory() as cache:
-        cold = run_kinabs(args, cache)
-        warm = run_kinabs(args, cache)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows = []
+    if "jax" in backends:
+        with tempfile.TemporaryDirectory() as cache:
+            rows.append(("kinabs-JAX, cold cache", run_kinabs(args, cache, "jax")))
+            rows.append(("kinabs-JAX, warm cache", run_kinabs(args, cache, "jax")))
+    if "torch" in backends:
+        with tempfile.TemporaryDirectory() as cache:
+            rows.append(("kinabs-torch", run_kinabs(args, cache, "torch")))
     peer = None if args.skip_peer else run_peer(args)
-    rows = [("kinabs, cold cache", cold), ("kinabs, warm cache", warm)]
     if peer:
         rows.append(("jaxkineticmodel 0.0.4", peer))
     print(f"\nserine fit: {args.inits} starts x {args.n_iter} iterations, same starts "
           f"({args.starts.name}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
           "cores\n")
     print(f"{'run':24s} {'end to end s':>12s} {'compile s':>10s} {'ms/iter/start':>14s} "
-          f"{'peak MiB':>9s}  final losses")
+          f"{'ms/iter':>8s} {'peak MiB':>9s}  final losses")
     for name, r in rows:
         comp = r.get("compile_s")
         per = r.get("per_iteration_per_start_ms")
+        it = None if per is None else per * args.inits
         print(f"{name:24s} {r['end_to_end_s']:12.2f} "
               f"{comp if comp is None else f'{comp:.2f}':>10} "
-              f"{per if per is None else f'{per:.3f}':>14} {r['peak_rss_mib']:9.0f}  "
+              f"{per if per is None else f'{per:.3f}':>14} "
+              f"{it if it is None else f'{it:.1f}':>8} {r['peak_rss_mib']:9.0f}  "
               + " ".join(f"{x:.5g}" for x in r["final_loss"]))
     if peer:
-        print(f"\nspeed-up end to end: cold {peer['end_to_end_s'] / cold['end_to_end_s']:.2f}x, "
-              f"warm {peer['end_to_end_s'] / warm['end_to_end_s']:.2f}x")
-        no_worse = [k <= p * (1 + 1e-6) + 1e-12 for k, p in zip(cold["final_loss"],
-                                                                peer["final_loss"])]
-        print(f"final loss no worse than the peer's, start by start: {no_worse}")
+        print()
+        for name, r in rows[:-1]:
+            ratio = peer["end_to_end_s"] / r["end_to_end_s"]
+            per = peer["per_iteration_per_start_ms"] / r["per_iteration_per_start_ms"]
+            no_worse = [k <= p * (1 + 1e-6) + 1e-12
+                        for k, p in zip(r["final_loss"], peer["final_loss"])]
+            print(f"{name:24s} vs peer: {ratio:.2f}x end to end, {per:.2f}x per iteration; "
+                  f"final loss no worse, start by start: {no_worse}")
     if args.out:
-        args.out.write_text(json.dumps(dict(cold=cold, warm=warm, peer=peer), indent=1))
+        args.out.write_text(json.dumps(dict(rows=dict(rows), peer=peer,
+                                            load_average=os.getloadavg()), indent=1))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from kinabs._backend import Backend, RawSolution
 from kinabs._errors import BackendError
 from kinabs._options import AdjointOptions, SolverOptions
+from kinabs.backends.torch._adjoint import adjoint_rosenbrock_solve
 from kinabs.backends.torch._module import Lowered, lowered
 from kinabs.backends.torch._ops import Columns, TorchOps
 from kinabs.backends.torch._solvers import (
@@ -23,6 +24,7 @@ from kinabs.backends.torch._solvers import (
     explicit_solve,
     rosenbrock_solve,
 )
+from kinabs.backends.torch._stepfns import adjoint_functions
 
 __all__ = ["TorchBackend", "solve", "AUTO_EXPLICIT_STEP_CAP"]
 
@@ -48,6 +50,59 @@ def _adjoint_flag(adjoint: AdjointOptions | None, explicit: bool) -> bool:
     return adjoint.method == "backsolve"
 
 
+def _stage_functions(low: Lowered, k: torch.Tensor):
+    """``(rhs, jac, dfdt, rhs_jac)`` of a solve with constants ``k``, each called as
+    ``f(t, y, kk)`` with ``kk`` either ``k`` itself or a subset of its rows. With step
+    functions (``low.step``), the constants are prepared once per solve; otherwise ``k``
+    is split once (the generated functions read it only through ``ops.get``)."""
+    step = low.step
+    if step is not None:
+        q = step.columns(step.prep(k))
+
+        def prepared(kk):
+            return q if kk is k else step.columns(step.prep(kk))
+
+        def rhs(t, y, kk):
+            return step.rhs(t, y, prepared(kk))
+
+        def rhs_jac(t, y, kk):
+            return step.rhs_jac(t, y, prepared(kk))
+
+        def jac(t, y, kk):
+            return step.rhs_jac(t, y, prepared(kk))[1]
+
+        dfdt = None
+        if step.dfdt is not None:
+            def dfdt(t, y, kk):
+                return step.dfdt(t, y, prepared(kk))
+        return rhs, jac, dfdt, rhs_jac
+
+    k_cols = Columns(k)
+
+    def rhs(t, y, kk):  # noqa: F811 - the other branch returned
+        return low.fns.rhs(t, y, k_cols if kk is k else kk)
+
+    def jac(t, y, kk):  # noqa: F811
+        return low.jac(t, y, k_cols if kk is k else kk)
+
+    dfdt = None
+    if low.dfdt is not None:
+        def dfdt(t, y, kk):  # noqa: F811
+            return low.dfdt(t, y, k_cols if kk is k else kk)
+    return rhs, jac, dfdt, None
+
+
+def _discrete_adjoint(low: Lowered, y0: torch.Tensor, k: torch.Tensor):
+    """The adjoint functions when a Rosenbrock solve's gradient can be a discrete adjoint
+    (``_adjoint``: autonomous systems with step functions, gradients wanted), else None
+    (autograd through the steps)."""
+    if not (torch.is_grad_enabled() and (y0.requires_grad or k.requires_grad)):
+        return None
+    if low.step is None or low.step.dfdt is not None:
+        return None
+    return adjoint_functions(low.step)
+
+
 def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: torch.Tensor,
           *, solver: SolverOptions | None = None, adjoint: AdjointOptions | None = None):
     """Solve a batch (``y0``: (B, S), ``k``: (B, K)) at ``times``; differentiable.
@@ -66,27 +121,26 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
         )
     explicit = method == "auto" or isinstance(method, TorchDiffEq)
     backsolve = _adjoint_flag(adjoint, explicit)
+    if y0.shape[-1] == 0:
+        # No state (every species constant or a boundary condition): nothing to solve;
+        # the outputs depend on time and constants only.
+        b = y0.shape[0]
+        ys = y0[:, None, :].expand(b, times.shape[0], 0)
+        return ys, np.zeros(b, np.int64), np.zeros(b, np.int64)
     common = dict(rtol=opts.rtol, atol=opts.atol, dt0=opts.dt0)
 
     # The constants are split once per solve: the generated functions read them only
     # through ops.get (see TorchOps.columns); subsets (k[idx]) are passed through as is.
-    k_cols = Columns(k)
-
-    def rhs(t, y, kk):
-        return low.fns.rhs(t, y, k_cols if kk is k else kk)
-
-    def jac(t, y, kk):
-        return low.jac(t, y, k_cols if kk is k else kk)
-
-    dfdt = None
-    if low.dfdt is not None:
-        def dfdt(t, y, kk):
-            return low.dfdt(t, y, k_cols if kk is k else kk)
+    rhs, jac, dfdt, rhs_jac = _stage_functions(low, k)
 
     def stiff(y0, k, tableau=None):
         tab = tableau or Rosenbrock().tableau
+        adj = _discrete_adjoint(low, y0, k)
+        if adj is not None:
+            return adjoint_rosenbrock_solve(low.step, adj, times, t0, y0, k, tableau=tab,
+                                            max_steps=opts.max_steps, **common)
         return rosenbrock_solve(rhs, jac, dfdt, times, t0, y0, k, max_steps=opts.max_steps,
-                                tableau=tab, **common)
+                                tableau=tab, rhs_jac=rhs_jac, **common)
 
     if isinstance(method, Rosenbrock):
         return stiff(y0, k, method.tableau)

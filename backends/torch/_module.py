@@ -35,13 +35,16 @@ __all__ = ["VectorField", "lowered", "Lowered", "TorchSolution"]
 @dataclass(frozen=True)
 class Lowered:
     """A system's functions on one torch device and dtype: the generated ``fns``
-    (init, rates, rhs, outputs, to_state) and the Jacobian pair ``jac``/``dfdt``
-    (symbolic when kinabs can print it, else torch.func forward mode)."""
+    (init, rates, rhs, outputs, to_state), the Jacobian pair ``jac``/``dfdt``
+    (symbolic when kinabs can print it, else torch.func forward mode) and, for small
+    systems with a symbolic Jacobian, the solver's step functions (``_stepfns``)."""
 
     fns: Any
     jac: Any
     dfdt: Any
     symbolic_jacobian: bool
+    #: the solver's per-stage functions with fewer operations (``_stepfns``), or None
+    step: Any = None
 
 
 def lowered(system, device: Any = None, dtype: torch.dtype = torch.float64) -> Lowered:
@@ -54,9 +57,11 @@ def lowered(system, device: Any = None, dtype: torch.dtype = torch.float64) -> L
         fns = system.generated.bind(ops)
         try:
             from kinabs._jacobian import generate_jacobian
+            from kinabs.backends.torch._stepfns import step_functions
 
             bound = generate_jacobian(system).bind(ops)
-            out = Lowered(fns, bound.jac, bound.dfdt, True)
+            out = Lowered(fns, bound.jac, bound.dfdt, True,
+                          step_functions(system, device, dtype))
         except UnsupportedFeatureError:
             out = Lowered(fns, *_autodiff_jacobian(fns.rhs), False)
         system._cache[key] = out

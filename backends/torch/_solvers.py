@@ -24,9 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,9 +36,13 @@ from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
 
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
+    "Tape", "TapeStep", "single_threaded",
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
+#: What the explicit solver sees instead of a NaN or infinite derivative: a finite value,
+#: so that the step's error is huge rather than NaN, and the step is rejected and shrunk.
+_NAN_STANDIN = 1e300
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,29 @@ def _coefficients(tab: RosenbrockTableau, like: torch.Tensor) -> list[torch.Tens
     return out
 
 
+#: Solves whose batch x states is at most this run on one CPU thread (see
+#: :func:`single_threaded`).
+SMALL = 4096
+
+
+@contextlib.contextmanager
+def single_threaded(x: torch.Tensor):
+    """Run the block on one CPU thread when ``x`` (B, S) is small. torch parallelises
+    operations on tensors above a grain size (and batched factorisations) over its thread
+    pool, whose wake-up costs milliseconds per call on a loaded machine (measured: the
+    adjoint's batched calls over all steps and stages, 1640 rows: 15 ms on 2 threads,
+    0.75 ms on one); tiny operations gain nothing from threads."""
+    if x.device.type != "cpu" or x.numel() > SMALL or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _inverse(w: torch.Tensor) -> torch.Tensor:
     """Batched inverse of small matrices. On CPU, torch parallelises a batched
     factorisation over its thread pool, whose start-up costs ~18 ms per call on a loaded
@@ -103,23 +131,30 @@ def _inverse(w: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
-def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h):
+def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=None):
     """One Rosenbrock step of size ``h`` (B,) from ``(t, y)``: returns (y_new, error).
 
     Written for few torch operations per stage: earlier stages are combined with one
-    matmul, and the stage matrix is inverted once (a matmul per stage, not a solve)."""
+    matmul, and the stage matrix is inverted once (a matmul per stage, not a solve).
+    ``rhs_jac(t, y, k) -> (f, J)``, when given, evaluates both at the step's start."""
     _, _, c, d, _ = tab.coefficients
     hc = h[:, None]
-    inv_h = 1.0 / hc
-    w = torch.diag_embed((inv_h / tab.gamma).expand(y.shape)) - jac(t, y, k)
+    inv_h = torch.reciprocal(hc)
+    if rhs_jac is not None:
+        f0, jy = rhs_jac(t, y, k)
+    else:
+        f0, jy = None, jac(t, y, k)
+    w = torch.diag_embed((inv_h / tab.gamma).expand(y.shape)) - jy
     w_inv_t = _inverse(w).transpose(-1, -2)
     ft = dfdt(t, y, k) if dfdt is not None else None
     stages: list[torch.Tensor] = []
     yi = y
     for i in range(tab.stages):
-        ti = t if (dfdt is None or c[i] == 0.0) else t + c[i] * h
+        # stage times even when d rhs/dt = 0: a rate that switches at a time (piecewise
+        # in t) must be seen switching inside a step, or the error estimate misses it
+        ti = t if c[i] == 0.0 else t + c[i] * h
         if i == 0:
-            rhs_i = rhs(ti, y, k)
+            rhs_i = f0 if f0 is not None else rhs(ti, y, k)
         else:
             mix = torch.stack(stages, dim=-1) @ coef[i]  # (B, S, 2)
             yi = y + mix[..., 0]
@@ -131,13 +166,108 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h):
     return yi + stages[-1], stages[-1]
 
 
+@dataclass(frozen=True)
+class _Mixing:
+    """A tableau's stage combinations as tensors, for :func:`_attempt_nograd` and the
+    adjoint. Forward: stage ``i``'s input and C-term are ``m[:, i] @ [y; U_0..U_s-1]``
+    with ``m = fa + fc / h`` (B, s, 2, s + 1). Backward: ``mt = ba + bc / h``
+    (B, s, s + 1, 2), ``mt[:, i]`` = columns ``A[i, :]`` and ``C[i, :] / h`` with a last
+    row ``(1, 0)`` (the state's adjoint: the sum of the stage inputs' adjoints)."""
+
+    fa: torch.Tensor
+    fc: torch.Tensor
+    ba: torch.Tensor
+    bc: torch.Tensor
+    last: torch.Tensor  # (s + 1, 1): selects the last stage
+    c: torch.Tensor  # (s,): the stages' times as fractions of the step
+    stages: int
+    gamma: float
+
+
+_MIXING: dict = {}
+
+
+def mixing(tab: RosenbrockTableau, dtype: torch.dtype, device) -> _Mixing:
+    key = (id(tab), dtype, str(device))
+    out = _MIXING.get(key)
+    if out is None:
+        s = tab.stages
+        fa = np.zeros((s, 2, s + 1))
+        fc = np.zeros((s, 2, s + 1))
+        fa[:, 0, 0] = 1.0
+        fa[:, 0, 1:] = tab.A
+        fc[:, 1, 1:] = tab.C
+        ba = np.zeros((s, s + 1, 2))  # row s: the state's adjoint accumulates Y_i^
+        ba[:, :s, 0] = tab.A
+        ba[:, s, 0] = 1.0
+        bc = np.zeros((s, s + 1, 2))
+        bc[:, :s, 1] = tab.C
+        last = np.zeros((s + 1, 1))
+        last[s - 1] = 1.0
+
+        def t(a):
+            return torch.as_tensor(a, dtype=dtype, device=device)
+
+        with torch.inference_mode(False):  # cached: never an inference tensor
+            out = _MIXING[key] = _Mixing(t(fa), t(fc), t(ba), t(bc), t(last), t(tab.c), s,
+                                         tab.gamma)
+    return out
+
+
+def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
+    """:func:`_attempt` without autograd, for autonomous systems with ``rhs_jac``: the
+    stages are written into one buffer and each stage input and C-term come from one
+    batched matmul (fewer operations per stage). With ``record``, also returns
+    ``(W^-1, [J(Y_i)], [Y_i], U)`` for the discrete adjoint (``U``: (B, s, S)); the stage
+    Jacobians then come from ``rhs_jac`` with the stage values (one fused call)."""
+    b, n = y.shape
+    s = mix.stages
+    inv_h = torch.reciprocal(h)
+    tc = torch.addcmul(t[:, None], h[:, None], mix.c)  # (B, s): the stages' times
+    f0, jy = rhs_jac(t, y, k)
+    w = torch.diag_embed((inv_h * (1.0 / mix.gamma))[:, None].expand(b, n)) - jy
+    w_inv = _inverse(w)
+    w_inv_t = w_inv.transpose(1, 2)
+    m = torch.addcmul(mix.fa, mix.fc, inv_h[:, None, None, None])  # (B, s, 2, s + 1)
+    u = y.new_zeros((b, s + 1, n))
+    u[:, 0] = y
+    # torch.bmm: the @ operator is a Python function with ~5 us more overhead per call
+    u[:, 1:2] = torch.bmm(f0[:, None, :], w_inv_t)
+    inputs, jacs = [y], [jy]
+    yi = y
+    for i in range(1, s):
+        yi, ci = torch.bmm(m[:, i], u).unbind(1)
+        if record:
+            fi, ji = rhs_jac(tc[:, i], yi, k)
+            inputs.append(yi)
+            jacs.append(ji)
+        else:
+            fi = rhs(tc[:, i], yi, k)
+        u[:, i + 1:i + 2] = torch.bmm((fi + ci)[:, None, :], w_inv_t)
+    err = u[:, s]
+    if record:
+        return yi + err, err, (tc, w_inv, jacs, inputs, u[:, 1:])
+    return yi + err, err
+
+
 def rosenbrock_solve(
     rhs: Callable, jac: Callable, dfdt: Callable | None, ts: torch.Tensor, t0: float,
     y0: torch.Tensor, k: torch.Tensor, *, rtol: float = 1e-8, atol: float = 1e-10,
     max_steps: int = 100_000, dt0: float | None = None, tableau: RosenbrockTableau = RODAS5,
+    rhs_jac: Callable | None = None, tape: Tape | None = None,
 ):
     """Solve ``dy/dt = rhs(t, y, k)`` from ``(t0, y0)`` and save at ``ts`` (see the module
-    docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems."""
+    docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems;
+    ``rhs_jac(t, y, k) -> (rhs, jac)`` (optional) computes both in one call. With a
+    ``tape`` (and autograd off), every accepted step is recorded on it for a discrete
+    adjoint (``_adjoint``)."""
+    with single_threaded(y0):
+        return _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
+                                 tableau, rhs_jac, tape)
+
+
+def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0, tableau,
+                      rhs_jac, tape):
     b, n_t = y0.shape[0], int(ts.shape[0])
     dev, dt = y0.device, y0.dtype
     ts_np = ts.detach().cpu().numpy().astype(np.float64)
@@ -155,6 +285,10 @@ def rosenbrock_solve(
     _advance_saves(nxt, snap_idx, ts_np, t, np.ones(b, bool), 0)
     y = y0
     coef = _coefficients(tableau, y0)
+    fast = rhs_jac is not None and dfdt is None and not torch.is_grad_enabled()
+    if tape is not None and not fast:
+        raise ValueError("a tape needs rhs_jac, an autonomous system and autograd off")
+    mix = mixing(tableau, dt, dev) if fast else None
     nonfinite = np.zeros(b, dtype=bool)
     while True:
         active = (nxt < n_t) & (status == 0)
@@ -165,7 +299,11 @@ def rosenbrock_solve(
         clipped = active & (h >= t_target - t)
         th = torch.as_tensor(t, dtype=dt, device=dev)
         hh = torch.as_tensor(h_try, dtype=dt, device=dev)
-        y_new, err = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh)
+        if fast:
+            out = _attempt_nograd(mix, rhs, rhs_jac, th, y, k, hh, record=tape is not None)
+        else:
+            out = _attempt(tableau, coef, rhs, jac, dfdt, th, y, k, hh, rhs_jac)
+        y_new, err = out[0], out[1]
         with torch.no_grad():
             sc = atol + rtol * torch.maximum(y.abs(), y_new.abs())
             e = _rms(err / sc).cpu().numpy()
@@ -177,16 +315,22 @@ def rosenbrock_solve(
             if torch.is_grad_enabled() and (active & ~finite).any():
                 # Keep NaN/inf from rejected members out of the gradient graph.
                 idx = torch.as_tensor(np.flatnonzero(accept), device=dev)
-                y_sub, _ = _attempt(tableau, coef, rhs, jac, dfdt, th[idx], y[idx], k[idx], hh[idx])
+                y_sub, _ = _attempt(tableau, coef, rhs, jac, dfdt, th[idx], y[idx], k[idx],
+                                    hh[idx], rhs_jac)
                 y = y.index_put((idx,), y_sub)
             else:
-                y = torch.where(torch.as_tensor(accept, device=dev)[:, None], y_new, y)
+                mask = torch.as_tensor(accept, device=dev)
+                if tape is not None:
+                    tape.steps.append(TapeStep(mask, hh, y, *out[2]))
+                y = torch.where(mask[:, None], y_new, y)
             t = np.where(accept, np.where(clipped, t_target, t + h_try), t)
             accepted += accept
             hit = accept & clipped
             if hit.any():
                 snaps.append(y)
                 _advance_saves(nxt, snap_idx, ts_np, t, hit, len(snaps) - 1)
+                if tape is not None:
+                    tape.steps[-1].snap = len(snaps) - 1
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             factor = np.clip(SAFETY * np.where(e > 0, e, 1e-10) ** expo, FACTOR_MIN, FACTOR_MAX)
         factor = np.where(finite, factor, 0.25)
@@ -202,7 +346,38 @@ def rosenbrock_solve(
     stacked = torch.stack(snaps)  # (n_snaps, B, S)
     rows = torch.arange(b, device=dev)[:, None]
     ys = stacked[torch.as_tensor(snap_idx, device=dev), rows]
+    if tape is not None:
+        tape.snap_idx, tape.n_snaps = snap_idx, len(snaps)
     return ys, status, accepted
+
+
+@dataclass
+class TapeStep:
+    """One loop iteration of the Rosenbrock solver in which some members accepted:
+    ``accept`` (B,) which did, ``h`` (B,) the step sizes, ``y`` the states before, ``tc``
+    the stages' times, and
+    the attempt's ``W^-1``, stage Jacobians, stage inputs and stages; ``snap``: the
+    index of the snapshot taken after it (-1: none)."""
+
+    accept: torch.Tensor
+    h: torch.Tensor
+    y: torch.Tensor
+    tc: torch.Tensor  # (B, s): the stages' times
+    w_inv: torch.Tensor
+    jacs: list
+    inputs: list
+    stages: torch.Tensor  # (B, s, S)
+    snap: int = -1
+
+
+@dataclass
+class Tape:
+    """What :func:`rosenbrock_solve` records for a discrete adjoint: the accepted
+    steps, and which snapshot (0: the initial state) each save time took."""
+
+    steps: list = field(default_factory=list)
+    snap_idx: np.ndarray | None = None
+    n_snaps: int = 0
 
 
 def _advance_saves(nxt, snap_idx, ts_np, t, members, snap) -> None:
@@ -233,7 +408,11 @@ def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
         options["first_step"] = float(dt0)
 
     def func(t, y):
-        return rhs(t, y, k)
+        # A NaN or infinite derivative at a trial stage (e.g. a rate law undefined past a
+        # threshold that the step overshoots) must reject the step, as a large error does;
+        # torchdiffeq would turn a NaN error (or inf - inf) into a NaN step size and stop.
+        return torch.nan_to_num(rhs(t, y, k), nan=_NAN_STANDIN, posinf=_NAN_STANDIN,
+                                neginf=-_NAN_STANDIN)
 
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     extra = {"adjoint_params": (k,), "adjoint_options": {"norm": "seminorm"}} if adjoint else {}
