@@ -142,6 +142,17 @@ class ArrayApiOps:
     def get(self, a: Any, i: int) -> Any:
         return a[..., i]
 
+    def trailing(self, x: Any) -> Any:
+        """``x`` with a trailing axis of length 1 (a Python number becomes shape (1,))."""
+        if not hasattr(x, "shape"):
+            x = self.const(x)
+        return x[..., None]
+
+    def column(self, a: Any, i: int) -> Any:
+        """Component ``i`` of the last axis, kept as an axis of length 1 (it broadcasts
+        against a group's (..., m) arrays where ``get``'s (...,) would not)."""
+        return a[..., i:i + 1]
+
     def matvec(self, v: Any, m: Any) -> Any:
         if m.dense is not None:
             return self.xp.matmul(v, m.dense)

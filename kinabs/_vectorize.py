@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import sympy
 
+from kinabs._model import TIME
+
 __all__ = ["Group", "group_by_template", "vector_block"]
 
 _KINDS = ("y", "k", "p")
@@ -103,11 +105,18 @@ def vector_block(printer, exprs: Sequence[sympy.Expr], indent: str, array_arg: d
                     continue
                 lines.append(f"{indent}{var} = {printer.hoist(f'ops.vector({column!r})')}")
             elif len(set(column)) == 1:
-                lines.append(f"{indent}{var} = ops.get({array_arg[kind]}, {column[0]})")
+                # kept as a (..., 1) column so that it broadcasts against the group
+                lines.append(f"{indent}{var} = ops.column({array_arg[kind]}, {column[0]})")
             else:
                 idx = printer.hoist(f"ops.index({column!r})")
                 lines.append(f"{indent}{var} = ops.take({array_arg[kind]}, {idx})")
             subs[sympy.Symbol(f"@slot{j}", real=True)] = sympy.Symbol(var)
+        if g.template.has(TIME):
+            # time is a scalar in a solve but (T,) over output time points: as a (..., 1)
+            # column it broadcasts against the group's (..., m) arrays in both cases
+            var = f"_g{name}{gi}t"
+            lines.append(f"{indent}{var} = ops.trailing(t)")
+            subs[TIME] = sympy.Symbol(var)
         body = g.template.xreplace(subs)
         repl, (reduced,) = sympy.cse([body], symbols=sympy.numbered_symbols(f"_g{name}{gi}x"),
                                      order="none", optimizations=None)

@@ -125,7 +125,7 @@ def _trees():
     def apply(f, *args):
         try:
             return f(*args)
-        except (ValueError, TypeError):  # sympy refuses e.g. Min(nan, x)
+        except (ValueError, TypeError, NotImplementedError):  # e.g. Min(nan, x)
             return sympy.nan
 
     def extend(children):

@@ -83,6 +83,11 @@ class TorchOps(ArrayApiOps):
             return a.parts[i]
         return a[..., i]
 
+    def column(self, a, i):
+        if type(a) is Columns:
+            return a.parts[i].unsqueeze(-1)
+        return a[..., i:i + 1]
+
     def columns(self, a: torch.Tensor) -> Columns:
         """``a`` split for repeated ``get`` calls (see :class:`Columns`)."""
         return Columns(a)
