@@ -409,7 +409,8 @@ def check_conformance(
     for r in rows:
         largest[r.check] = r.largest_difference
     meta = {
-        "model": name, "data": st.data_source, "parameters": st.parameters,
+        "model": name, "data": st.data_source, "states": len(st.system.states),
+        "parameters": st.parameters,
         "not_varied": st.excluded, "parameter_sets": int(len(st.rows) - 1), "seed": seed,
         "bounds": [lower_bound, upper_bound], "spaces": list(spaces),
         "backends": list(backends), "solver": repr(solver),
