@@ -7,7 +7,7 @@ one backend are merged, later files winning per case).
 Example:
     >>> from conformance._suite_report import tier_table
     >>> rows = {"jax": {"00001": {"outcome": "pass", "tier": "core", "tags": []}}}
-    >>> print(tier_table(rows, {"00001": "core"}, {"jax": 1}).splitlines()[2])
+    >>> print(tier_table(rows, {"00001": "core"}, {"jax": {}}).splitlines()[2])
     | core (1) | jax | 1 of 1 | 1 | 0 | 0 | 0 |
 """
 
@@ -48,9 +48,10 @@ def _in_tier(case_tier: str, tier: str) -> bool:
 
 
 def tier_table(results: dict[str, dict[str, dict]], tiers: dict[str, str],
-               expected: dict[str, int]) -> str:
+               expected: dict[str, dict[str, str]]) -> str:
     """Markdown: per tier and backend, cases run, passed, failed, unsupported, and how many
-    of the failures are listed as expected. ``tiers``: case -> its own tier."""
+    cases of the tier the backend's expected-failure list holds. ``tiers``: case -> its
+    own tier; ``expected``: backend -> {case: reason}."""
     lines = ["| tier | backend | cases run | passed | failed | unsupported | expected failures |",
              "|---|---|---|---|---|---|---|"]
     for tier in TIER_ORDER:
@@ -62,7 +63,7 @@ def tier_table(results: dict[str, dict[str, dict]], tiers: dict[str, str],
             n = Counter(r["outcome"] for r in got)
             lines.append(f"| {tier} ({len(members)}) | {backend} | {len(got)} of {len(members)} "
                          f"| {n['pass']} | {n['fail']} | {n['unsupported']} | "
-                         f"{expected.get(backend, 0)} |")
+                         f"{sum(c in expected.get(backend, {}) for c in members)} |")
     return "\n".join(lines)
 
 
@@ -99,7 +100,7 @@ def disagreements(results: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def render(results: dict[str, dict[str, dict]], tiers: dict[str, str],
-           expected: dict[str, int], command: str = "") -> str:
+           expected: dict[str, dict[str, str]], command: str = "") -> str:
     """The generated README section."""
     parts = [START, ""]
     if command:

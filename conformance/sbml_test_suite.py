@@ -374,7 +374,7 @@ def _report(paths: list[Path], suite: Path, readme: Path) -> int:
 
     results = load_results(paths)
     tiers = {c: info.tier for c, info in read_index(suite).items()}
-    expected = {b: len(expected_failures(b)) for b in results}
+    expected = {b: expected_failures(b) for b in results}
     command = "python -m conformance.sbml_test_suite --report " + " ".join(p.name for p in paths)
     section = render(results, tiers, expected, command)
     write_into(readme, section)

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--out", type=Path, default=Path("shared-models-conformance.json"))
     ap.add_argument("--no-readme", action="store_true", help="do not write the README table")
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="earlier results (JSON); models run now replace theirs, the table "
+                         "shows all")
     args = ap.parse_args(argv)
     folder = args.models_dir or default_models_dir()
     paths = sorted(folder.glob("*.xml"))
@@ -145,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         doc = _run_one(path, options, args.timeout)
         docs.append(doc)
         print(f"{path.stem:<40} {_verdict(doc)} [{doc.get('seconds', 0)} s]", flush=True)
+        args.out.write_text(json.dumps(docs, indent=1, default=str) + "\n")
+    if args.merge and args.merge.is_file():
+        now = {d["model"]: d for d in docs}
+        earlier = json.loads(args.merge.read_text())
+        docs = [now.pop(d["model"], d) for d in earlier] + list(now.values())
+        docs.sort(key=lambda d: d["model"].lower())
         args.out.write_text(json.dumps(docs, indent=1, default=str) + "\n")
     text = table(docs)
     print("\n" + text)

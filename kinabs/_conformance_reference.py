@@ -103,16 +103,59 @@ class ScipyReference:
         return out
 
     # -- losses ----------------------------------------------------------------------
-    def _losses(self, p: np.ndarray) -> dict[str, float]:
-        """The default loss of both spaces for one full parameter vector."""
+    def _losses(self, p: np.ndarray, preds: list | None = None) -> dict[str, float]:
+        """The default loss of both spaces for one full parameter vector (the predictions
+        are appended to ``preds`` when given)."""
         sums = {s: [0.0, 0.0] for s in DEFAULT_TERMS}
         for e in self.problem.experiments:
             pred, ok = self._solve(p, e)
+            if preds is not None:
+                preds.append(pred if ok else np.full_like(pred, np.nan))
             for space, terms in DEFAULT_TERMS.items():
                 sse, n = terms(pred, e.values, e.mask, self.xp)
                 sums[space][0] += float(sse) if ok else np.nan
                 sums[space][1] += float(n)
         return {s: a / b for s, (a, b) in sums.items()}
+
+    def gradient_floor(self, linear: np.ndarray, rel_tol: float, abs_tol: float
+                       ) -> dict[str, np.ndarray]:
+        """space -> (B,) the largest change of any gradient component (in that space's
+        coordinates) that trajectory differences of up to ``rel_tol * |y| + abs_tol`` can
+        make: ``(2/n) sum |t / scale| |d pred / d theta_j| / scale`` with the prediction
+        sensitivities by central differences. Near a perfect fit the gradient is small and
+        dominated by such differences (see :mod:`kinabs._conformance`)."""
+        rows = np.atleast_2d(np.asarray(linear, dtype=np.float64))
+        h = self.fd_step
+        out = {s: np.zeros(len(rows)) for s in DEFAULT_TERMS}
+        for b, row in enumerate(rows):
+            centre: list = []
+            self._losses(self._full(row), centre)
+            worst = {s: 0.0 for s in out}
+            for j in range(row.size):
+                up, down = row.copy(), row.copy()
+                up[j] *= 2.0 ** h
+                down[j] *= 2.0 ** -h
+                pu: list = []
+                pd: list = []
+                self._losses(self._full(up), pu)
+                self._losses(self._full(down), pd)
+                for s in out:
+                    total, count = 0.0, 0.0
+                    for e, yc, yu, yd in zip(self.problem.experiments, centre, pu, pd):
+                        sens = (yu - yd) / (2 * h)  # d pred / d log2(theta_j)
+                        if s == "linear":
+                            sens = sens / (row[j] * np.log(2))
+                        mask = np.asarray(e.mask, dtype=bool)
+                        scale = _scale(e.values, mask, s)
+                        tol = rel_tol * np.abs(yc) + abs_tol
+                        with np.errstate(all="ignore"):
+                            total += np.nansum(np.where(mask, 2 * tol * np.abs(sens), 0.0)
+                                               / scale ** 2)
+                        count += mask.sum()
+                    worst[s] = max(worst[s], total / max(count, 1.0))
+            for s in out:
+                out[s][b] = worst[s]
+        return out
 
     def _full(self, linear: np.ndarray) -> np.ndarray:
         p = self.base.copy()
@@ -123,22 +166,52 @@ class ScipyReference:
         """The default loss of ``space`` for each row of trained values (B, R), linear."""
         return np.asarray([self._losses(self._full(r))[space] for r in np.atleast_2d(linear)])
 
-    def loss_and_gradient(self, linear: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """space -> (loss (B,), gradient (B, R) in that space's coordinates) for each row of
-        trained values (B, R, linear, all positive), by central differences in log2 space."""
+    def loss_and_gradient(self, linear: np.ndarray, *, rel_tol: float = 0.0,
+                          abs_tol: float = 0.0) -> dict[str, tuple[np.ndarray, ...]]:
+        """space -> (loss (B,), gradient (B, R) in that space's coordinates, floor (B,))
+        for each row of trained values (B, R, linear, all positive), by central
+        differences in log2 space.
+
+        ``floor``: the largest change of a gradient component that trajectory differences
+        of up to ``rel_tol * |y| + abs_tol`` can make, ``(2/n) sum t |d pred/d theta_j| /
+        scale**2`` with the prediction sensitivities from the same perturbed solves. Near a
+        perfect fit the gradient is small and dominated by such differences."""
         rows = np.atleast_2d(np.asarray(linear, dtype=np.float64))
         h = self.fd_step
-        out = {s: (np.zeros(len(rows)), np.zeros(rows.shape)) for s in DEFAULT_TERMS}
+        exps = self.problem.experiments
+        out = {s: (np.zeros(len(rows)), np.zeros(rows.shape), np.zeros(len(rows)))
+               for s in DEFAULT_TERMS}
         for b, row in enumerate(rows):
-            centre = self._losses(self._full(row))
+            centre_preds: list = []
+            centre = self._losses(self._full(row), centre_preds)
             for s in out:
                 out[s][0][b] = centre[s]
             for j in range(row.size):
                 up, down = row.copy(), row.copy()
                 up[j] *= 2.0 ** h
                 down[j] *= 2.0 ** -h
-                lu, ld = self._losses(self._full(up)), self._losses(self._full(down))
+                pu: list = []
+                pd: list = []
+                lu, ld = self._losses(self._full(up), pu), self._losses(self._full(down), pd)
                 for s in out:
-                    g_log2 = (lu[s] - ld[s]) / (2 * h)
-                    out[s][1][b, j] = g_log2 if s == "log" else g_log2 / (row[j] * np.log(2))
+                    to_space = 1.0 if s == "log" else 1.0 / (row[j] * np.log(2))
+                    out[s][1][b, j] = (lu[s] - ld[s]) / (2 * h) * to_space
+                    total, count = 0.0, 0.0
+                    for e, yc, yu, yd in zip(exps, centre_preds, pu, pd):
+                        mask = np.asarray(e.mask, dtype=bool)
+                        sens = np.abs(yu - yd) / (2 * h) * to_space
+                        tol = rel_tol * np.abs(yc) + abs_tol
+                        with np.errstate(all="ignore"):
+                            total += np.nansum(np.where(mask, 2 * tol * sens, 0.0)
+                                               / _scale(e.values, mask, s) ** 2)
+                        count += mask.sum()
+                    out[s][2][b] = max(out[s][2][b], total / max(count, 1.0))
         return out
+
+def _scale(obs: np.ndarray, mask: np.ndarray, space: str) -> np.ndarray:
+    """The per-species divisor of the default loss of ``space`` (see kinabs._losses)."""
+    if space != "log":
+        return np.ones(obs.shape[1])
+    obs0 = np.where(mask, obs, 0.0)
+    scale = (mask * (obs0 + 1.0)).sum(axis=0) / np.maximum(mask.sum(axis=0), 1)
+    return np.where(scale == 0.0, 1.0, scale)

@@ -119,7 +119,8 @@ def test_report_writes_tables_between_markers(tmp_path):
         "torch": {"00001": {"outcome": "pass", "tags": ["Species"]},
                   "00002": {"outcome": "fail", "tags": ["Species", "Amount"]}},
     }
-    section = render(results, {"00001": "core", "00002": "basic"}, {"torch": 1})
+    section = render(results, {"00001": "core", "00002": "basic"},
+                     {"torch": {"00002": "a reason"}})
     assert "| core (1) | torch | 1 of 1 | 1 | 0 | 0 | 0 |" in section
     assert "| basic (2) | torch | 2 of 2 | 1 | 1 | 0 | 1 |" in section
     assert "| Species | 2 / 0 / 0 | 1 / 1 / 0 |" in section
