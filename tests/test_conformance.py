@@ -81,7 +81,8 @@ def test_serine_training_curves_agree():
     row = _rows(report)["training (log, Adam lr 0.01, 10 it)"]
     assert row.verdict == "agree", row
     assert row.largest_difference < 1e-4
-    assert 0 < float(row.jax) < 1.7e-4  # below the first start's loss at the start
+    assert 0 < float(row.jax) < 1e-2
+    np.testing.assert_allclose(float(row.torch), float(row.jax), rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -95,7 +96,8 @@ def test_serine_training_50_iterations_both_spaces():
 
 # -- the reference on its own ----------------------------------------------------------------
 def test_reference_gradient_matches_jax_at_true_parameters(model):
-    """The finite-difference reference gradient against JAX's exact one (tight solvers)."""
+    """The fourth-order finite-difference reference gradient against JAX's exact one
+    (tight solvers), 30 % off the true parameters."""
     tr = kinabs.Trainer(model=model, data=SERINE_DATA, progress=False)
     ref = ScipyReference(tr._problem())
     rows = np.asarray([[model.parameter_values()[p] for p in tr.parameters]]) * 1.3
@@ -129,7 +131,7 @@ def _fake_backends(monkeypatch, *, torch_scale=1.0, torch_unsupported=None):
         _maybe_unsupported(backend)
         tr = kinabs.Trainer(model=model, data=data, parameters=parameters, progress=False)
         rows = np.exp2(theta) if space == "log" else theta
-        loss, grad = ScipyReference(tr._problem()).loss_and_gradient(rows)[space]
+        loss, grad, _ = ScipyReference(tr._problem()).loss_and_gradient(rows)[space]
         scale = torch_scale if backend == "torch" else 1.0
         return loss * scale, np.zeros(len(loss), dtype=int), grad
 
