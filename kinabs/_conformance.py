@@ -255,7 +255,7 @@ def _row(check: str, values: dict[str, Any], shown: dict[str, Any], metric, tole
             per_pair.append(f"{a}-{b} {np.nanmax(d):.2g}")
         if d.size and np.nanmax(d) >= worst:
             worst, worst_pair, worst_set = float(np.nanmax(d)), f"{a}-{b}", int(np.argmax(d))
-    if unsupported:
+    if unsupported and worst <= tolerance:  # the opinions there are still compared
         verdict = "unsupported"
         detail = "; ".join(f"unsupported on {k}: {v}" for k, v in unsupported.items())
     elif len(pairs) == 0:
@@ -405,7 +405,6 @@ def check_conformance(
                                        abs_tol=solver.atol * tol.trajectory_factor
                                        ) if n_fd else None
         ref_loss = {s: ref.loss(st.rows, s) for s in spaces}
-    largest: dict[str, float] = {}
     for space in spaces:
         theta = np.log2(st.rows) if space == "log" else st.rows
         loss, grad = {}, {}
@@ -474,8 +473,6 @@ def check_conformance(
                 row = row.replace(verdict="disagree", detail="the starts' statuses differ: "
                                   + "; ".join(f"{k} {v}" for k, v in statuses.items()))
             rows.append(row)
-    for r in rows:
-        largest[r.check] = r.largest_difference
     meta = {
         "model": name, "data": st.data_source, "states": len(st.system.states),
         "parameters": st.parameters,
