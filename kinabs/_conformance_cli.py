@@ -38,6 +38,9 @@ def add_conformance_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--reference-gradient-sets", type=int, default=3,
                    help="parameter sets that get a finite-difference reference gradient")
     c.add_argument("--no-reference", action="store_true", help="skip the scipy reference")
+    c.add_argument("--rtol", type=float, default=1e-12, help="the backends' rtol for the "
+                   "trajectory, loss and gradient checks (atol = rtol / 100); looser is "
+                   "faster, but a near-perfect fit then agrees less closely")
     c.add_argument("--json", default=None, help="report path (default: "
                    "conformance-report.json in --out)")
     c.add_argument("--out", default=".", help="folder for the report (default: here)")
@@ -60,7 +63,8 @@ def run_conformance(args: argparse.Namespace) -> int:
         args.model, data, parameter_sets=args.parameter_sets, seed=args.seed, spaces=spaces,
         lower_bound=args.lower, upper_bound=args.upper, train_iterations=args.train_iterations,
         learning_rate=args.learning_rate, reference=not args.no_reference,
-        reference_gradient_sets=args.reference_gradient_sets)
+        reference_gradient_sets=args.reference_gradient_sets,
+        solver=kinabs.SolverOptions(rtol=args.rtol, atol=args.rtol / 100, max_steps=100_000))
     print(f"conformance of {report.model} ({report.meta.get('data', '')}):")
     print(report.format())
     path = Path(args.json) if args.json else Path(args.out) / "conformance-report.json"
