@@ -347,7 +347,7 @@ def check_conformance(
     except UnsupportedFeatureError as exc:
         feature = _feature(exc)
         return ConformanceReport(
-            model=str(model), rows=[CheckRow(
+            model=Path(str(model)).name, rows=[CheckRow(
                 check="load", jax="unsupported", torch="unsupported", reference="unsupported",
                 largest_difference=0.0, tolerance=0.0, verdict="unsupported",
                 detail=f"unsupported on {' and '.join(backends)}: {feature}")],
