@@ -8,12 +8,18 @@ one summary line per tier, e.g. ``tier core on jax: 690 passed, 31 failed, 0 uns
 Usage::
 
     python -m conformance.sbml_test_suite --backend jax --tier core --jobs 2
+    python -m conformance.sbml_test_suite --backend jax torch --tier all --out results.json
     python -m conformance.sbml_test_suite --cases 1-20,1105 --out results.json
+    python -m conformance.sbml_test_suite --report results-jax.json results-torch.json
 
 Outcomes: ``pass``; ``unsupported: <feature>`` when kinabs raises
 :class:`kinabs.UnsupportedFeatureError` (it refuses rather than answering wrongly);
 ``fail: <why>`` for a wrong answer, any other exception, a failed solve or a timeout.
-The exit status is 1 when a case fails that ``expected_failures.tsv`` does not list.
+The exit status is 1 when a case fails that the backend's
+``expected_failures_<backend>.tsv`` does not list. With several backends, each runs in
+turn (``--out results.json`` becomes ``results-<backend>.json``) and the cases whose outcome
+differs between backends are printed. ``--report FILE...`` writes per-tier and per-tag
+tables from saved results into ``conformance/README.md`` (between marker comments).
 
 Example:
     >>> from conformance.sbml_test_suite import run_case, read_index, default_suite_dir
@@ -53,7 +59,12 @@ from conformance._suite_data import (
 __all__ = ["CaseResult", "run_case", "run_cases", "summary_lines", "tag_counts",
            "expected_failures", "solver_options", "main", "read_index", "default_suite_dir"]
 
-EXPECTED_FAILURES_FILE = Path(__file__).with_name("expected_failures.tsv")
+HERE = Path(__file__).parent
+
+
+def expected_failures_file(backend: str) -> Path:
+    """``conformance/expected_failures_<backend>.tsv``."""
+    return HERE / f"expected_failures_{backend}.tsv"
 
 
 @dataclass(frozen=True)
@@ -316,23 +327,25 @@ def tag_counts(results: list[CaseResult]) -> dict[str, dict[str, int]]:
     return {t: {k: c[k] for k in ("pass", "fail", "unsupported")} for t, c in sorted(out.items())}
 
 
-def expected_failures(backend: str, path: Path = EXPECTED_FAILURES_FILE) -> dict[str, str]:
-    """Case -> reason, for the cases known to fail on ``backend`` (``expected_failures.tsv``:
-    ``backend<TAB>case<TAB>reason`` lines, backend ``*`` for all; ``#`` starts a comment)."""
+def expected_failures(backend: str, path: Path | None = None) -> dict[str, str]:
+    """Case -> reason, for the cases known to fail on ``backend``: the lines
+    ``case<TAB>reason`` of ``expected_failures_<backend>.tsv`` (one reason per line; ``#``
+    starts a comment)."""
+    path = path or expected_failures_file(backend)
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                name, case, reason = (line.split("\t") + ["", ""])[:3]
-                if name in (backend, "*"):
-                    out[case.strip()] = reason.strip()
+                case, _, reason = line.partition("\t")
+                out[case.strip()] = reason.strip()
     return out
 
 
-def _write_out(path: Path, results: list[CaseResult], summary: list[str]) -> None:
+def _write_out(path: Path, results: list[CaseResult], summary: list[str], backend: str
+               ) -> None:
     rows = sorted(results, key=lambda r: r.case)
     if path.suffix == ".json":
-        doc = {"summary": summary, "tags": tag_counts(rows),
+        doc = {"backend": backend, "summary": summary, "tags": tag_counts(rows),
                "cases": [{**asdict(r), "ratio": None if np.isnan(r.ratio) else r.ratio}
                          for r in rows]}
         path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -356,12 +369,33 @@ def _check_backend(name: str) -> str | None:
     return None
 
 
+def _report(paths: list[Path], suite: Path, readme: Path) -> int:
+    from conformance._suite_report import load_results, render, write_into
+
+    results = load_results(paths)
+    tiers = {c: info.tier for c, info in read_index(suite).items()}
+    expected = {b: expected_failures(b) for b in results}
+    command = "python -m conformance.sbml_test_suite --report " + " ".join(p.name for p in paths)
+    section = render(results, tiers, expected, command)
+    write_into(readme, section)
+    print(section)
+    print(f"\nwrote the tables into {readme}")
+    return 0
+
+
+def _out_path(out: Path | None, backend: str, several: bool) -> Path | None:
+    if out is None or not several:
+        return out
+    return out.with_name(f"{out.stem}-{backend}{out.suffix}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m conformance.sbml_test_suite",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="jax", choices=("jax", "torch", "scipy"),
-                    help="scipy: the numpy-generated functions under scipy's LSODA, a fast "
-                         "reference for the lowering (no JIT compile)")
+    ap.add_argument("--backend", nargs="+", default=["jax"], choices=("jax", "torch", "scipy"),
+                    help="one or more backends, run in turn; scipy: the numpy-generated "
+                         "functions under scipy's LSODA, a fast reference for the lowering "
+                         "(no JIT compile)")
     ap.add_argument("--tier", choices=TIERS, default=None,
                     help="core (721 cases), basic (1033, includes core) or all (1823); "
                          "default core, or all when --cases is given")
@@ -369,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes (0: run in this process, without timeouts)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
-    ap.add_argument("--out", type=Path, help="write per-case results (.json, else TSV)")
+    ap.add_argument("--out", type=Path, help="write per-case results (.json, else TSV); with "
+                    "several backends one file each, named <stem>-<backend><suffix>")
+    ap.add_argument("--report", type=Path, nargs="+", metavar="RESULTS_JSON",
+                    help="run nothing: write per-tier and per-tag tables from saved .json "
+                         "results into --readme")
+    ap.add_argument("--readme", type=Path, default=HERE / "README.md",
+                    help="the file --report writes into (default conformance/README.md)")
     ap.add_argument("--suite", type=Path, default=None,
                     help="the sbml-test-suite folder (default: $KINABS_SBML_TEST_SUITE or "
                          "../shared/sbml-test-suite)")
@@ -381,10 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (suite / "cases-index.tsv").exists():
         print(f"error: no cases-index.tsv in {suite}; pass --suite", file=sys.stderr)
         return 2
-    problem = _check_backend(args.backend)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    if args.report:
+        missing = [str(p) for p in args.report if not p.is_file()]
+        if missing:
+            print(f"error: no results file {missing}; write them with --out X.json",
+                  file=sys.stderr)
+            return 2
+        return _report(args.report, suite, args.readme)
+    backends = list(dict.fromkeys(args.backend))
+    for backend in backends:
+        problem = _check_backend(backend)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     index = read_index(suite)
     tier = args.tier or ("all" if args.cases else "core")
     wanted = parse_case_list(args.cases) if args.cases else list(index)
@@ -397,21 +446,33 @@ def main(argv: list[str] | None = None) -> int:
     def show(r: CaseResult) -> None:
         print(r.line(), flush=True)
 
-    results = run_cases(infos, suite_dir=suite, backend=args.backend, jobs=args.jobs,
-                        timeout=args.timeout, on_result=show)
-    print("\nper tag (passed / failed / unsupported):")
-    for tag, c in tag_counts(results).items():
-        print(f"  {tag:<32} {c['pass']:>5} {c['fail']:>5} {c['unsupported']:>5}")
-    known = expected_failures(args.backend)
-    new = sorted(r.case for r in results if r.outcome == "fail" and r.case not in known)
-    if new:
-        print(f"\nfailures not in {EXPECTED_FAILURES_FILE.name}: {', '.join(new)}")
-    summary = summary_lines(results, index, args.backend, TIERS[: TIERS.index(tier) + 1])
-    if args.out:
-        _write_out(args.out, results, summary)
+    status, summaries, outcomes = 0, [], {}
+    for backend in backends:
+        print(f"-- {len(infos)} case(s) on {backend}", flush=True)
+        results = run_cases(infos, suite_dir=suite, backend=backend, jobs=args.jobs,
+                            timeout=args.timeout, on_result=show)
+        outcomes[backend] = {r.case: r.outcome for r in results}
+        print(f"\nper tag on {backend} (passed / failed / unsupported):")
+        for tag, c in tag_counts(results).items():
+            print(f"  {tag:<32} {c['pass']:>5} {c['fail']:>5} {c['unsupported']:>5}")
+        known = expected_failures(backend)
+        new = sorted(r.case for r in results if r.outcome == "fail" and r.case not in known)
+        if new:
+            print(f"\nfailures not in {expected_failures_file(backend).name}: {', '.join(new)}")
+            status = 1
+        summary = summary_lines(results, index, backend, TIERS[: TIERS.index(tier) + 1])
+        out = _out_path(args.out, backend, len(backends) > 1)
+        if out:
+            _write_out(out, results, summary, backend)
+        summaries += summary
+    if len(backends) > 1:
+        differ = sorted(c for c in outcomes[backends[0]]
+                        if len({outcomes[b].get(c) for b in backends}) > 1)
+        print(f"\ncases whose outcome differs between backends: {len(differ)}"
+              + (f" ({', '.join(differ)})" if differ else ""))
     print()
-    print("\n".join(summary))
-    return 1 if new else 0
+    print("\n".join(summaries))
+    return status
 
 
 if __name__ == "__main__":

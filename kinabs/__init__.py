@@ -16,6 +16,8 @@ Example:
 from kinabs import ratelaws
 from kinabs._backend import Backend, get_backend
 from kinabs._builder import ModelBuilder
+from kinabs._conformance import ConformanceTolerances, check_conformance
+from kinabs._conformance_report import ConformanceReport
 from kinabs._dask import DaskError, dask_client
 from kinabs._data import Experiment, TrainingData
 from kinabs._errors import (
@@ -50,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AVOGADRO", "TIME", "AdjointOptions", "Backend", "BackendError", "Compartment",
+    "ConformanceReport", "ConformanceTolerances", "check_conformance",
     "DataError", "Experiment", "KinabsError", "Trainer", "TrainingData", "TrainingResults",
     "exponentiate_parameters", "log_transform_parameters", "Model", "ModelBuilder", "ModelError", "OdeSystem",
     "Parameter", "Reaction", "SBMLError", "SimulationError", "SimulationResult",

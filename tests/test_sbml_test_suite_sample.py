@@ -1,5 +1,6 @@
-"""The SBML Test Suite runner: its file parsing and pass rule, a fixed sample of cases on
-JAX in the default run, and the full basic tier as a slow test."""
+"""The SBML Test Suite runner: its file parsing and pass rule, a fixed seeded sample of 100
+cases on both backends (JAX and torch) in the default run, the per-backend expected
+failures, the README report, and the full basic tier as a slow test."""
 
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ needs_suite = pytest.mark.skipif(not (SUITE / "cases-index.tsv").exists(),
 KNOWN_UNSUPPORTED: set[str] = set()
 
 
-def _sample(n: int = 40) -> list[str]:
+#: The default run's sample: 100 core/basic cases drawn with ``random.Random(0)``.
+SAMPLE_SIZE = 100
+
+
+def _sample(n: int = SAMPLE_SIZE) -> list[str]:
     if not (SUITE / "cases-index.tsv").exists():
         return []
     index = read_index(SUITE)
@@ -96,6 +101,39 @@ def _info(case, tier):
     return CaseInfo(case, "TimeCourse", f"{case}-sbml-l3v2.xml", tier, ())
 
 
+def test_expected_failures_files_have_one_reason_per_line(tmp_path):
+    for backend in ("jax", "torch"):
+        for case, reason in expected_failures(backend).items():
+            assert len(case) == 5 and case.isdigit(), case
+            assert reason, f"{case} on {backend} is listed without a reason"
+    (tmp_path / "x.tsv").write_text("# comment\n00028\ta discontinuous rate\n\n")
+    assert expected_failures("torch", tmp_path / "x.tsv") == {"00028": "a discontinuous rate"}
+
+
+def test_report_writes_tables_between_markers(tmp_path):
+    from conformance._suite_report import END, START, render, write_into
+
+    results = {
+        "jax": {"00001": {"outcome": "pass", "tags": ["Species"]},
+                "00002": {"outcome": "pass", "tags": ["Species", "Amount"]}},
+        "torch": {"00001": {"outcome": "pass", "tags": ["Species"]},
+                  "00002": {"outcome": "fail", "tags": ["Species", "Amount"]}},
+    }
+    section = render(results, {"00001": "core", "00002": "basic"},
+                     {"torch": {"00002": "a reason"}})
+    assert "| core (1) | torch | 1 of 1 | 1 | 0 | 0 | 0 |" in section
+    assert "| basic (2) | torch | 2 of 2 | 1 | 1 | 0 | 1 |" in section
+    assert "| Species | 2 / 0 / 0 | 1 / 1 / 0 |" in section
+    assert "00002: jax pass, torch fail" in section
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n\n{START}\nold\n{END}\n\noutro\n")
+    write_into(readme, section)
+    write_into(readme, section)  # a rerun replaces, never duplicates
+    text = readme.read_text()
+    assert text.count(START) == 1 and "old" not in text
+    assert text.startswith("intro") and text.rstrip().endswith("outro")
+
+
 def test_unavailable_backend_is_a_clear_error(capsys, monkeypatch):
     import conformance.sbml_test_suite as runner
 
@@ -106,12 +144,13 @@ def test_unavailable_backend_is_a_clear_error(capsys, monkeypatch):
 
 # -- cases --------------------------------------------------------------------------------
 @needs_suite
+@pytest.mark.parametrize("backend", ["jax", "torch"])
 @pytest.mark.parametrize("case", _sample())
-def test_sample_case(case):
-    pytest.importorskip("diffrax")
+def test_sample_case(case, backend):
+    pytest.importorskip("diffrax" if backend == "jax" else "torchdiffeq")
     info = read_index(SUITE)[case]
-    result = run_case(info, SUITE, "jax")
-    known = expected_failures("jax")
+    result = run_case(info, SUITE, backend)
+    known = expected_failures(backend)
     if case in known:
         assert result.outcome == "fail", f"{case} is listed as failing ({known[case]}): {result}"
     elif result.outcome == "unsupported":

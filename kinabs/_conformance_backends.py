@@ -1,0 +1,119 @@
+"""What a conformance check asks of one backend: trajectories at the data's time points,
+loss and gradient of a batch of parameter sets, and a short Adam training run.
+
+Each function imports its backend lazily (through :func:`kinabs.get_backend`), so the core
+stays free of jax and torch until a check runs.
+
+Example:
+    >>> import kinabs, numpy as np
+    >>> from kinabs._conformance_backends import loss_and_gradient
+    >>> model = kinabs.load_sbml(kinabs.example_model_path())
+    >>> tr = kinabs.Trainer(model=model, data=kinabs.example_data_path(), progress=False)
+    >>> theta = np.log2([[model.parameter_values()[p] for p in tr.parameters]])
+    >>> loss, status, grad = loss_and_gradient("jax", model, tr.data, theta, space="log",
+    ...     parameters=tr.parameters, solver=kinabs.SolverOptions(rtol=1e-10, atol=1e-12))
+    >>> grad.shape == theta.shape and int(status[0]) == 0
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["trajectories", "loss_and_gradient", "adam_training", "adam_optimizer"]
+
+
+def trajectories(backend: str, system: Any, data: Any, parameters: np.ndarray, *,
+                 solver: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per experiment of ``data``, the measured species (B, T, M) for full parameter
+    vectors (B, P); and each row's worst status (0 = every solve succeeded)."""
+    from kinabs._simulate import simulate
+
+    out, ok = [], np.ones(len(parameters), dtype=bool)
+    for e in data.experiments:
+        res = simulate(system, e.times, parameters=np.asarray(parameters),
+                       initial=dict(e.initial) if e.initial else None,
+                       outputs=list(e.species), t0=float(e.times[0]), solver=solver,
+                       backend=backend, on_failure="nan")
+        out.append(res.values)
+        ok &= np.asarray([s == "success" for s in res.status])
+    return out, np.where(ok, 0, 1)
+
+
+def _trainer(backend: str, model: Any, data: Any, *, space: str, parameters: Sequence[str],
+             solver: Any, optimizer: Any = None, n_iter: int = 1):
+    from kinabs._trainer import Trainer
+
+    return Trainer(model=model, data=data, n_iter=n_iter, backend=backend, optim_space=space,
+                   parameters=list(parameters), solver=solver, optimizer=optimizer,
+                   progress=False)
+
+
+def loss_and_gradient(backend: str, model: Any, data: Any, theta: np.ndarray, *, space: str,
+                      parameters: Sequence[str], solver: Any
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Loss (N,), status (N,) and gradient (N, R) of the default loss of ``space`` at each
+    row of ``theta`` (in that space: log2 values in ``"log"``), as one training iteration
+    computes them: one batched call, no update."""
+    tr = _trainer(backend, model, data, space=space, parameters=parameters, solver=solver)
+    program = tr._get_program()
+    theta = np.asarray(theta, dtype=np.float64)
+    if backend == "jax":
+        return _jax_value_and_grad(program, theta)
+    loss, status, grad = program.value_and_grad(theta)
+    return np.asarray(loss), np.asarray(status), np.asarray(grad)
+
+
+def _jax_value_and_grad(program: Any, theta: np.ndarray):
+    """The JAX training program's per-start loss function, vmapped with its gradient (as
+    in an iteration); with ``method="auto"`` the rows the explicit solver cannot finish
+    are redone with the implicit one, as training does."""
+    import jax
+    import jax.numpy as jnp
+
+    from kinabs.backends.jax._train import _value_and_grad
+
+    forward = program.problem.adjoint.method == "forward"
+    with jax.enable_x64(True):
+        def batched(fn):
+            return jax.jit(jax.vmap(lambda th: _value_and_grad(fn, forward)(th, True)))
+
+        th = jnp.asarray(theta)
+        (loss, status), grad = batched(program._loss_fns["main"])(th)
+        loss, status, grad = np.array(loss), np.array(status), np.array(grad)
+        redo = np.flatnonzero(status != 0)
+        if "stiff" in program._loss_fns and redo.size:
+            (l2, s2), g2 = batched(program._loss_fns["stiff"])(th[redo])
+            loss[redo], status[redo], grad[redo] = np.asarray(l2), np.asarray(s2), \
+                np.asarray(g2)
+    return loss, status, grad
+
+
+def adam_optimizer(backend: str, learning_rate: float) -> Any:
+    """The same Adam on both backends: ``optax.adam(lr)`` and ``torch.optim.Adam(lr=lr)``
+    (both ``b1=0.9, b2=0.999, eps=1e-8`` added outside the square root)."""
+    if backend == "jax":
+        import optax
+
+        return optax.adam(learning_rate)
+    import torch
+
+    return functools.partial(torch.optim.Adam, lr=learning_rate)
+
+
+def adam_training(backend: str, model: Any, data: Any, starts: np.ndarray, *, space: str,
+                  parameters: Sequence[str], solver: Any, learning_rate: float,
+                  n_iter: int) -> tuple[np.ndarray, list[str]]:
+    """Loss curves (N, n_iter) and statuses of ``n_iter`` Adam iterations from ``starts``
+    (N, R), linear values."""
+    import pandas as pd
+
+    tr = _trainer(backend, model, data, space=space, parameters=parameters, solver=solver,
+                  optimizer=adam_optimizer(backend, learning_rate), n_iter=n_iter)
+    tr.parameter_sets = pd.DataFrame(np.asarray(starts), columns=list(parameters))
+    res = tr.train()
+    return np.asarray(res.loss_history, dtype=np.float64), list(res.status)

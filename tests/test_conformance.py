@@ -1,0 +1,203 @@
+"""Cross-backend conformance (``kinabs.check_conformance`` and ``kinabs conformance``): on the
+serine model with its dataset, JAX, torch and the scipy reference agree on trajectories,
+losses and gradients at the true parameters and 20 seeded Latin hypercube sets in log and
+linear space, and Adam runs give the same loss curves; the command's exit statuses, JSON
+report and "unsupported on <backend>" rows.
+
+Eager torch is slow here (seconds per batched loss-and-gradient call), so the training
+check in the default run is 10 iterations from 2 starts in log space; the 50-iteration run
+in both spaces is a slow test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import kinabs
+from kinabs import _conformance_backends as cb
+from kinabs._cli import main
+from kinabs._conformance_reference import ScipyReference
+
+pytest.importorskip("torch")
+pytest.importorskip("torchdiffeq")
+pytest.importorskip("diffrax")
+pytest.importorskip("scipy")
+
+SERINE = str(kinabs.example_model_path())
+SERINE_DATA = str(kinabs.example_data_path())
+
+
+def _rows(report):
+    return {r.check: r for r in report.rows}
+
+
+@pytest.fixture(scope="module")
+def serine_report():
+    """The true parameters and 20 Latin hypercube sets, both spaces, all three opinions
+    (finite-difference reference gradients at the true parameters and two sets)."""
+    return kinabs.check_conformance(SERINE, SERINE_DATA, parameter_sets=20, seed=0,
+                                    train_iterations=0)
+
+
+def test_serine_backends_and_reference_agree(serine_report):
+    rows = _rows(serine_report)
+    assert list(rows) == ["trajectory", "loss (log)", "gradient (log)", "loss (linear)",
+                          "gradient (linear)"]
+    bad = [f"{r.check}: {r.largest_difference:.3g} > {r.tolerance:.3g} ({r.detail})"
+           for r in serine_report.rows if r.verdict != "agree"]
+    assert not bad, "\n".join(bad)
+    assert serine_report.ok
+    assert rows["loss (log)"].tolerance == 1e-6 and rows["gradient (log)"].tolerance == 1e-4
+    assert rows["trajectory"].tolerance == pytest.approx(10 * 1e-10)
+    assert rows["trajectory"].jax == rows["trajectory"].torch == "21/21 solved"
+    # the loss at the true parameters is the data's rounding error (~6e-15), yet the
+    # backends agree on it to a relative 1e-6
+    assert 1e-15 < float(rows["loss (log)"].jax) < 1e-14
+    np.testing.assert_allclose(float(rows["loss (log)"].torch), float(rows["loss (log)"].jax),
+                               rtol=1e-6)
+    assert serine_report.meta["parameter_sets"] == 20
+    assert serine_report.meta["parameters"] == list(
+        kinabs.lower(kinabs.load_sbml(SERINE)).kinetic_parameters)
+
+
+def test_serine_report_table_and_json(serine_report, tmp_path):
+    df = serine_report.table()
+    assert list(df.columns) == ["check", "jax", "torch", "reference", "largest_difference",
+                                "tolerance", "verdict", "detail"]
+    assert (df["largest_difference"] <= df["tolerance"]).all()
+    doc = json.loads(serine_report.to_json(tmp_path / "r.json").read_text())
+    assert doc["ok"] is True and len(doc["checks"]) == 5
+    assert doc["meta"]["seed"] == 0 and "LSODA" in doc["meta"]["reference"]
+    assert "largest rel. diff" in serine_report.format().splitlines()[0]
+
+
+def test_serine_training_curves_agree():
+    """Adam (optax.adam and torch.optim.Adam, learning rate 1e-2) from the same starts."""
+    report = kinabs.check_conformance(SERINE, SERINE_DATA, parameter_sets=2, spaces=("log",),
+                                      reference=False, train_iterations=10)
+    row = _rows(report)["training (log, Adam lr 0.01, 10 it)"]
+    assert row.verdict == "agree", row
+    assert row.largest_difference < 1e-4
+    assert 0 < float(row.jax) < 1e-2
+    np.testing.assert_allclose(float(row.torch), float(row.jax), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_serine_training_50_iterations_both_spaces():
+    report = kinabs.check_conformance(SERINE, SERINE_DATA, parameter_sets=3,
+                                      reference=False, train_iterations=50)
+    for space in ("log", "linear"):
+        row = _rows(report)[f"training ({space}, Adam lr 0.01, 50 it)"]
+        assert row.verdict == "agree", row
+
+
+# -- the reference on its own ----------------------------------------------------------------
+def test_reference_gradient_matches_jax_at_true_parameters(model):
+    """The fourth-order finite-difference reference gradient against JAX's exact one
+    (tight solvers), 30 % off the true parameters."""
+    tr = kinabs.Trainer(model=model, data=SERINE_DATA, progress=False)
+    ref = ScipyReference(tr._problem())
+    rows = np.asarray([[model.parameter_values()[p] for p in tr.parameters]]) * 1.3
+    out = ref.loss_and_gradient(rows)
+    loss, status, grad = cb.loss_and_gradient(
+        "jax", model, tr.data, np.log2(rows), space="log", parameters=tr.parameters,
+        solver=kinabs.SolverOptions(rtol=1e-10, atol=1e-12))
+    assert status[0] == 0
+    np.testing.assert_allclose(out["log"][0], loss, rtol=1e-6)
+    assert np.max(np.abs(out["log"][1] - grad)) / np.max(np.abs(grad)) < 1e-5
+
+
+# -- bad input and unsupported models --------------------------------------------------------
+def test_data_that_does_not_match_the_model_is_the_trainers_error(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",php,nonsense\n0,0.6,1\n1,0.5,2\n")
+    with pytest.raises(kinabs.DataError, match="nonsense"):
+        kinabs.check_conformance(SERINE, str(bad), parameter_sets=1)
+
+
+def _fake_backends(monkeypatch, *, torch_scale=1.0, torch_unsupported=None):
+    """Backends answered by the scipy reference (fast and deterministic): torch's losses
+    scaled by ``torch_scale``, or torch raising UnsupportedFeatureError."""
+
+    def trajectories(backend, system, data, parameters, *, solver):
+        _maybe_unsupported(backend)
+        tr = kinabs.Trainer(model=system, data=data, progress=False)
+        return ScipyReference(tr._problem()).trajectories(parameters), np.zeros(len(parameters))
+
+    def loss_and_gradient(backend, model, data, theta, *, space, parameters, solver):
+        _maybe_unsupported(backend)
+        tr = kinabs.Trainer(model=model, data=data, parameters=parameters, progress=False)
+        rows = np.exp2(theta) if space == "log" else theta
+        loss, grad, _ = ScipyReference(tr._problem()).loss_and_gradient(rows)[space]
+        scale = torch_scale if backend == "torch" else 1.0
+        return loss * scale, np.zeros(len(loss), dtype=int), grad
+
+    def adam_training(backend, *args, n_iter, **kwargs):
+        _maybe_unsupported(backend)
+        return np.ones((1, n_iter)), ["ok"]
+
+    def _maybe_unsupported(backend):
+        if backend == "torch" and torch_unsupported:
+            raise kinabs.UnsupportedFeatureError("S1", torch_unsupported)
+
+    monkeypatch.setattr(cb, "trajectories", trajectories)
+    monkeypatch.setattr(cb, "loss_and_gradient", loss_and_gradient)
+    monkeypatch.setattr(cb, "adam_training", adam_training)
+
+
+FAST = ["--parameter-sets", "1", "--space", "log", "--train-iterations", "2",
+        "--reference-gradient-sets", "1"]
+
+
+def test_cli_exit_0_and_json_when_all_agree(monkeypatch, tmp_path, capsys):
+    _fake_backends(monkeypatch)
+    out = tmp_path / "report.json"
+    assert main(["conformance", SERINE, "--data", SERINE_DATA, *FAST, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "all checks agree" in text and "largest rel. diff" in text
+    doc = json.loads(out.read_text())
+    assert doc["ok"] and {c["verdict"] for c in doc["checks"]} == {"agree"}
+
+
+def test_cli_exit_1_on_a_disagreement(monkeypatch, tmp_path, capsys):
+    _fake_backends(monkeypatch, torch_scale=1 + 1e-3)
+    assert main(["conformance", SERINE, "--data", SERINE_DATA, *FAST,
+                 "--out", str(tmp_path)]) == 1
+    doc = json.loads((tmp_path / "conformance-report.json").read_text())
+    loss = next(c for c in doc["checks"] if c["check"] == "loss (log)")
+    assert loss["verdict"] == "disagree"
+    assert loss["largest_difference"] == pytest.approx(1e-3, rel=0.05)
+    assert "DISAGREEMENT" in capsys.readouterr().out
+
+
+def test_cli_unsupported_on_torch_is_not_a_disagreement(monkeypatch, tmp_path, capsys):
+    _fake_backends(monkeypatch, torch_unsupported="a feature torch cannot lower")
+    assert main(["conformance", SERINE, *FAST, "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "unsupported on torch: a feature torch cannot lower (element 'S1')" in text
+    doc = json.loads((tmp_path / "conformance-report.json").read_text())
+    assert {c["verdict"] for c in doc["checks"]} == {"unsupported"}
+    assert doc["meta"]["data"].startswith("synthetic")
+
+
+def test_cli_exit_2_on_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",php,nonsense\n0,0.6,1\n1,0.5,2\n")
+    assert main(["conformance", SERINE, "--data", str(bad), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err
+    assert main(["conformance", str(tmp_path / "missing.xml")]) == 2
+
+
+def test_model_no_backend_can_load_is_unsupported_on_both(tmp_path):
+    from tests._shared import SHARED
+
+    path = SHARED / "data" / "jaxkineticmodel" / "models" / "Bertozzi2020.xml"
+    if not path.exists():
+        pytest.skip(f"no shared models at {path.parent}")
+    report = kinabs.check_conformance(str(path), parameter_sets=1)
+    assert report.ok and [r.verdict for r in report.rows] == ["unsupported"]
+    assert report.rows[0].detail.startswith("unsupported on jax and torch: event")
