@@ -593,3 +593,29 @@ def test_mean_centred_gradient_with_an_unmeasured_species():
         grad = jax.grad(lambda p: mean_centered_terms(p, jnp.asarray(obs), mask, jnp)[0])(
             jnp.ones((3, 2)))
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+@pytest.mark.slow
+def test_a_nan_gradient_of_the_explicit_solver_is_redone_implicitly():
+    """Isensee_JCB2018 at its own parameters: Tsit5 gives a finite loss but a NaN
+    gradient (rejected trial steps visit states where the vector field is NaN); the start
+    must go on with the implicit solver, not fail as it did."""
+    from tests._shared import SHARED
+
+    path = SHARED / "data/jaxkineticmodel/models/Isensee_JCB2018.xml"
+    if not path.is_file():
+        pytest.skip("shared models not found")
+    model = kinabs.load_sbml(path)
+    ts = np.linspace(0, 10, 50)
+    sim = kinabs.simulate(model, ts)
+    data = pd.DataFrame(sim.values[0], columns=sim.columns, index=pd.Index(ts, name="time"))
+    values = model.parameter_values()
+    names = [p for p in kinabs.Trainer(model=model, data=data, n_iter=1,
+                                       progress=False).parameters if values[p] > 0]
+    trainer = kinabs.Trainer(model=model, data=data, n_iter=3, progress=False,
+                             parameters=names)
+    trainer.parameter_sets = pd.DataFrame([{p: values[p] for p in names}])
+    results = trainer.train()
+    assert results.status == ["ok"]
+    # synthetic data from these very parameters: the loss is rounding-level
+    assert np.all(np.isfinite(results.loss_history)) and results.best_loss < 1e-12

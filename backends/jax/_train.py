@@ -321,7 +321,11 @@ class JaxTrainingProgram(TrainingProgram):
             losses = main[:, :n_iter].copy()
             if "stiff" in self._loss_fns:
                 status = np.asarray(carry[2])
-                switch = (mode == 0) & (status0 == 0) & np.isin(status, (1, 2, 3))
+                # 4 too: an explicit solve can give a finite loss but a NaN gradient (a
+                # rejected trial step whose vector field is NaN, e.g. a negative state under
+                # a fractional power, leaks NaN through the step's where into the backward
+                # pass); the implicit solver does not visit such states
+                switch = (mode == 0) & (status0 == 0) & np.isin(status, (1, 2, 3, 4))
                 done = np.where(switch, np.sum(np.isfinite(losses), axis=1), 0)
                 if switch.any():
                     mode[switch] = 1
