@@ -26,9 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import array_api_compat.numpy
 import numpy as np
 
-from kinabs._losses import DEFAULT_TERMS
+from kinabs._losses import DEFAULT_TERMS, mean_centered_scale
 
 __all__ = ["ScipyReference"]
 
@@ -222,6 +223,4 @@ def _scale(obs: np.ndarray, mask: np.ndarray, space: str) -> np.ndarray:
     """The per-species divisor of the default loss of ``space`` (see kinabs._losses)."""
     if space != "log":
         return np.ones(obs.shape[1])
-    obs0 = np.where(mask, obs, 0.0)
-    scale = (mask * (obs0 + 1.0)).sum(axis=0) / np.maximum(mask.sum(axis=0), 1)
-    return np.where(scale == 0.0, 1.0, scale)
+    return mean_centered_scale(obs, mask, array_api_compat.numpy)

@@ -22,20 +22,26 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["mean_centered_terms", "squared_error_terms", "DEFAULT_TERMS"]
+__all__ = ["mean_centered_terms", "mean_centered_scale", "squared_error_terms", "DEFAULT_TERMS"]
 
 
 def mean_centered_terms(pred: Any, obs: Any, mask: Any, xp: Any) -> tuple[Any, Any]:
     """Mean-centred squared residuals of one experiment: (times, species) arrays."""
     obs0 = xp.where(mask, obs, 0.0)
-    maskf = xp.astype(mask, pred.dtype)
+    resid = xp.where(mask, (pred - obs0) / mean_centered_scale(obs, mask, xp), 0.0)
+    return xp.sum(resid * resid), xp.sum(xp.astype(mask, pred.dtype))
+
+
+def mean_centered_scale(obs: Any, mask: Any, xp: Any) -> Any:
+    """The per-species divisor of :func:`mean_centered_terms`: the mean of the measured
+    values shifted by +1 (1 for a species without measurements)."""
+    obs0 = xp.where(mask, obs, 0.0)
+    maskf = xp.astype(mask, obs0.dtype)
     count = xp.sum(maskf, axis=0)
     scale = xp.sum(maskf * (obs0 + 1.0), axis=0) / xp.maximum(count, 1.0)
     # an unmeasured species (or one whose shifted mean is 0) must not put inf/NaN into
     # the gradient through the masked branch
-    scale = xp.where(scale == 0.0, 1.0, scale)
-    resid = xp.where(mask, (pred - obs0) / scale, 0.0)
-    return xp.sum(resid * resid), xp.sum(maskf)
+    return xp.where(scale == 0.0, 1.0, scale)
 
 
 def squared_error_terms(pred: Any, obs: Any, mask: Any, xp: Any) -> tuple[Any, Any]:

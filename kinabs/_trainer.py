@@ -294,8 +294,9 @@ class Trainer:
         resumes: finished chunks are read, only missing ones run. ``retries``: how often
         a chunk that raised is run again (a worker that dies is replaced by the executor,
         not counted here). A ``ProcessPoolExecutor`` needs the "spawn" start method
-        (``mp_context=multiprocessing.get_context("spawn")``): JAX does not survive fork. A chunked round starts every start with a fresh optimiser
-        state (also with ``resume``) and does not support ``resample_failed``.
+        (``mp_context=multiprocessing.get_context("spawn")``): JAX does not survive fork.
+        A chunked round starts every start with a fresh optimiser state (also with
+        ``resume``) and does not support ``resample_failed``.
 
         Example:
             >>> import kinabs, tempfile

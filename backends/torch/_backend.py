@@ -109,10 +109,6 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
 
     Returns ``(ys (B, T, S), status (B,), steps (B,))`` (numpy status and steps)."""
     opts = solver or SolverOptions()
-    if y0.shape[-1] == 0:  # nothing to integrate (every species constant or assigned)
-        n = y0.shape[0]
-        return (y0[:, None, :].expand(n, times.shape[0], 0), np.zeros(n, dtype=np.int64),
-                np.zeros(n, dtype=np.int64))
     method = opts.method
     if method == "stiff":
         method = Rosenbrock()
