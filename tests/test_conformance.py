@@ -201,3 +201,39 @@ def test_model_no_backend_can_load_is_unsupported_on_both(tmp_path):
     report = kinabs.check_conformance(str(path), parameter_sets=1)
     assert report.ok and [r.verdict for r in report.rows] == ["unsupported"]
     assert report.rows[0].detail.startswith("unsupported on jax and torch: event")
+
+
+# -- the loss floor ---------------------------------------------------------------------------
+@pytest.mark.parametrize("space", ["log", "linear"])
+def test_loss_floor_bounds_the_change_trajectory_differences_can_make(space):
+    """Near a perfect fit (residuals 1e-7 relative) trajectories that differ by the
+    trajectory check's tolerance change the loss by at most ``floor * loss_rtol``, and the
+    bound is not loose by more than a factor 2 (the worst perturbation reaches it)."""
+    from types import SimpleNamespace
+
+    import array_api_compat.numpy as xp
+
+    from kinabs._conformance import _loss_floor
+    from kinabs._losses import DEFAULT_TERMS
+
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(0.1, 10.0, size=(12, 3))
+    obs[3, 1] = np.nan
+    mask = np.isfinite(obs)
+    data = SimpleNamespace(experiments=[SimpleNamespace(values=obs, mask=mask)])
+    pred = np.where(mask, obs, 1.0) * (1 + 1e-7 * rng.choice([-1.0, 1.0], size=obs.shape))
+    rtol, atol, factor, loss_rtol = 1e-10, 1e-14, 10.0, 1e-6
+    floor = _loss_floor([pred[None]], data, space, rtol, atol, factor, loss_rtol)[0]
+
+    def loss(p):
+        sse, n = DEFAULT_TERMS[space](p, obs, mask, xp)
+        return sse / n
+
+    # the worst case: every point moved away from its datum by the full tolerance
+    worst = pred + np.sign(pred - np.where(mask, obs, 0.0)) * factor * (rtol * np.abs(pred)
+                                                                        + atol)
+    change = abs(loss(worst) - loss(pred))
+    assert change <= floor * loss_rtol * (1 + 1e-6)
+    assert change >= 0.5 * floor * loss_rtol
+    # and the floor is what lets a loss of ~1e-14 be judged at all: 8e-4 relative apart
+    assert floor * loss_rtol > 1e-3 * loss(pred)
