@@ -92,7 +92,7 @@ class ScipyReference:
         else:
             ys = np.broadcast_to(y0, (times.size, y0.size))
         with np.errstate(all="ignore"):
-            out = np.stack([np.asarray(fns.outputs(np.float64(t), y, k))[e.output_index]
+            out = np.stack([np.asarray(fns.outputs_at(e.output_index)(np.float64(t), y, k))
                             for t, y in zip(times, ys)])
         return out, ok
 

@@ -122,7 +122,7 @@ class JaxBackend(Backend):
                   output_index: tuple[int, ...]):
         fns = lowered(system)
         solver = make_solver(method)
-        idx = np.asarray(output_index, dtype=np.int64)
+        outputs = fns.outputs_at(output_index)  # bound outside the trace
 
         def one(p, y0_nat, mask, ts, t0):
             y0, k = fns.init(t0, p)
@@ -130,7 +130,7 @@ class JaxBackend(Backend):
                 factors = fns.to_state(t0, y0, k)
                 y0 = jnp.where(mask, y0_nat * factors, y0)
             ys, status, steps = solve_one(fns, solver, opts, ts, t0, y0, k, max_steps=max_steps)
-            out = fns.outputs(ts, ys, k)[..., idx]
+            out = outputs(ts, ys, k)
             return out, status, steps
 
         return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))

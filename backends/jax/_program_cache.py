@@ -46,7 +46,8 @@ def program_key(*parts: Any) -> str:
     return h.hexdigest()[:32]
 
 
-_SOURCES = ("kinabs/_losses.py", "kinabs/_ops.py", "kinabs/backends/jax/_train.py",
+_SOURCES = ("kinabs/_losses.py", "kinabs/_ops.py", "kinabs/_codegen.py", "kinabs/_vectorize.py",
+            "kinabs/backends/jax/_train.py",
             "kinabs/backends/jax/_backend.py", "kinabs/backends/jax/_ops.py",
             "kinabs/backends/jax/_program_cache.py")
 _DIGEST: bytes | None = None

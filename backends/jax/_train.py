@@ -163,9 +163,11 @@ class JaxTrainingProgram(TrainingProgram):
         tidx = jnp.asarray(pb.train_index)
         exps = [
             dict(t0=jnp.asarray(e.t0), ts=jnp.asarray(e.times), obs=jnp.asarray(e.values),
-                 mask=jnp.asarray(e.mask), out=np.asarray(e.output_index),
+                 mask=jnp.asarray(e.mask),
                  y0=jnp.asarray(e.y0), y0_mask=jnp.asarray(e.y0_mask),
-                 pidx=np.asarray(e.p_index), pval=jnp.asarray(e.p_values))
+                 pidx=np.asarray(e.p_index), pval=jnp.asarray(e.p_values),
+                 # bound here, outside any trace: the outputs this experiment measures
+                 outputs=fns.outputs_at(e.output_index))
             for e in pb.experiments
         ]
         log_space = pb.space == "log"
@@ -181,7 +183,7 @@ class JaxTrainingProgram(TrainingProgram):
             y0 = jnp.where(y0_mask, y0_nat * factors, y0)
             ys, status, _ = solve_one(fns, solver, opts, ts, e["t0"], y0, k,
                                       max_steps=max_steps, adjoint=adjoint, active=active)
-            return fns.outputs(ts, ys, k)[..., e["out"]], status
+            return e["outputs"](ts, ys, k), status
 
         if pb.loss is None:
             terms = DEFAULT_TERMS[pb.space]

@@ -183,8 +183,7 @@ class TorchBackend(Backend):
                 y_nat = torch.as_tensor(np.asarray(y0, dtype=np.float64))
                 y_init = torch.where(mask, y_nat * factors, y_init)
             ys, status, steps = solve(low, ts, float(t0), y_init, k, solver=solver)
-            idx = torch.as_tensor(np.asarray(output_index, dtype=np.int64))
-            out = fns.outputs(ts, ys, k[:, None, :])[..., idx]
+            out = fns.outputs_at(output_index)(ts, ys, k[:, None, :])
         return RawSolution(ys=out.cpu().numpy(), status=np.asarray(status, dtype=np.int64),
                            steps=np.asarray(steps, dtype=np.int64))
 

@@ -242,9 +242,10 @@ class TorchTrainingProgram(TrainingProgram):
         self._tidx = tensor(pb.train_index, torch.int64)
         self._exps = [
             dict(t0=float(e.t0), t0_t=tensor(e.t0), ts=tensor(e.times), obs=tensor(e.values),
-                 mask=tensor(e.mask, torch.bool), out=tensor(e.output_index, torch.int64),
+                 mask=tensor(e.mask, torch.bool),
                  y0=tensor(e.y0), y0_mask=tensor(e.y0_mask, torch.bool),
-                 pidx=tensor(e.p_index, torch.int64), pval=tensor(e.p_values))
+                 pidx=tensor(e.p_index, torch.int64), pval=tensor(e.p_values),
+                 outputs=self._low.fns.outputs_at(e.output_index))
             for e in pb.experiments
         ]
         self._log_space = pb.space == "log"
@@ -270,7 +271,7 @@ class TorchTrainingProgram(TrainingProgram):
         y0 = torch.where(y0_mask, y0_nat * factors, y0)
         ys, status, _ = solve(self._low, ts, e["t0"], y0, k, solver=self.solver,
                               adjoint=self.problem.adjoint)
-        out = fns.outputs(ts, ys, k[:, None, :])[..., e["out"]]
+        out = e["outputs"](ts, ys, k[:, None, :])
         return out, np.asarray(status, dtype=np.int64)
 
     def _default_loss(self, theta: torch.Tensor):
