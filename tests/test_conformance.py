@@ -4,9 +4,8 @@ losses and gradients at the true parameters and 20 seeded Latin hypercube sets i
 linear space, and Adam runs give the same loss curves; the command's exit statuses, JSON
 report and "unsupported on <backend>" rows.
 
-Eager torch is slow here (seconds per batched loss-and-gradient call), so the training
-check in the default run is 10 iterations from 2 starts in log space; the 50-iteration run
-in both spaces is a slow test.
+The training check is the issue's: 50 Adam iterations from the same starts in both
+spaces (about 1.5 minutes of CPU here).
 """
 
 from __future__ import annotations
@@ -74,24 +73,20 @@ def test_serine_report_table_and_json(serine_report, tmp_path):
     assert "largest rel. diff" in serine_report.format().splitlines()[0]
 
 
-def test_serine_training_curves_agree():
-    """Adam (optax.adam and torch.optim.Adam, learning rate 1e-2) from the same starts."""
-    report = kinabs.check_conformance(SERINE, SERINE_DATA, parameter_sets=2, spaces=("log",),
-                                      reference=False, train_iterations=10)
-    row = _rows(report)["training (log, Adam lr 0.01, 10 it)"]
-    assert row.verdict == "agree", row
-    assert row.largest_difference < 1e-4
-    assert 0 < float(row.jax) < 1e-2
-    np.testing.assert_allclose(float(row.torch), float(row.jax), rtol=1e-4)
-
-
-@pytest.mark.slow
 def test_serine_training_50_iterations_both_spaces():
+    """Adam (optax.adam and torch.optim.Adam) from the same 3 starts, 50 iterations, in log
+    space (learning rate 1e-2) and linear space (1e-2 times the smallest start value):
+    loss curves within 1e-4 at every iteration, and both fits make progress."""
     report = kinabs.check_conformance(SERINE, SERINE_DATA, parameter_sets=3,
                                       reference=False, train_iterations=50)
-    for space in ("log", "linear"):
-        row = _rows(report)[f"training ({space}, Adam lr 0.01, 50 it)"]
+    rows = {r.check.split(",")[0]: r for r in report.rows if r.check.startswith("training")}
+    assert set(rows) == {"training (log", "training (linear"}
+    for row in rows.values():
         assert row.verdict == "agree", row
+        assert row.largest_difference < 1e-4
+        np.testing.assert_allclose(float(row.torch), float(row.jax), rtol=1e-4)
+    assert 0 < float(rows["training (log"].jax) < 1e-2
+    assert "50 it" in rows["training (log"].check
 
 
 # -- the reference on its own ----------------------------------------------------------------
