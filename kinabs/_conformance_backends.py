@@ -86,10 +86,12 @@ def _jax_value_and_grad(program: Any, theta: np.ndarray):
         (loss, status), grad = batched(program._loss_fns["main"])(th)
         loss, status, grad = np.array(loss), np.array(status), np.array(grad)
         # as training does: a start the explicit solver fails, or whose gradient it gives
-        # as non-finite, is redone with the implicit one
-        redo = np.flatnonzero((status != 0) | ~np.all(np.isfinite(grad), axis=1))
-        if "stiff" in program._loss_fns and redo.size:
-            (l2, s2), g2 = batched(program._loss_fns["stiff"])(th[redo])
+        # as non-finite, is redone with the implicit one, and then without the step cap
+        for which in list(program._loss_fns)[1:]:
+            redo = np.flatnonzero((status != 0) | ~np.all(np.isfinite(grad), axis=1))
+            if not redo.size:
+                break
+            (l2, s2), g2 = batched(program._loss_fns[which])(th[redo])
             loss[redo], status[redo], grad[redo] = np.asarray(l2), np.asarray(s2), \
                 np.asarray(g2)
     return loss, status, grad

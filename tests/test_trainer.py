@@ -619,3 +619,29 @@ def test_a_nan_gradient_of_the_explicit_solver_is_redone_implicitly():
     assert results.status == ["ok"]
     # synthetic data from these very parameters: the loss is rounding-level
     assert np.all(np.isfinite(results.loss_history)) and results.best_loss < 1e-12
+
+
+def test_auto_goes_on_without_the_step_cap_where_the_implicit_solver_fails(model, monkeypatch):
+    """"auto" runs Tsit5 capped, then Kvaerno5, then Tsit5 with every step allowed
+    (Kvaerno5's chord iterations do not converge on Bachmann_MSB2011 at rtol 1e-12). Here
+    the cap is 5 steps (every explicit solve fails) and the implicit program is replaced by
+    one that always fails: every start must end on the third program, with exactly the
+    loss curves of plain Tsit5."""
+    import kinabs.backends.jax._train as jt
+
+    monkeypatch.setenv("KINABS_JAX_CACHE", "0")  # the patched programs must not be cached
+    monkeypatch.setattr(jt, "AUTO_TRAIN_EXPLICIT_STEPS", 5)
+    runs = {}
+    for method in ("auto", "nonstiff"):
+        trainer = _seed_trainer(model, n_iter=30,
+                                solver=kinabs.SolverOptions(method=method, max_steps=20_000))
+        program = trainer._get_program()
+        if method == "auto":
+            assert list(program._loss_fns) == ["main", "stiff", "long"]
+            program._loss_fns["stiff"] = lambda theta, active: (jnp.inf, jnp.asarray(3))
+        runs[method] = trainer.train()
+    auto, plain = runs["auto"], runs["nonstiff"]
+    assert auto.status == plain.status == ["ok"] * 3
+    np.testing.assert_allclose(auto.loss_history, plain.loss_history, rtol=1e-12)
+    np.testing.assert_allclose(auto.parameters.to_numpy(), plain.parameters.to_numpy(),
+                               rtol=1e-12)

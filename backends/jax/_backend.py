@@ -150,9 +150,17 @@ class JaxBackend(Backend):
                 first_steps = min(solver.max_steps, AUTO_EXPLICIT_STEP_CAP)
             fn = self._compiled(system, method, solver, first_steps, has_y0, oi)
             ys, status, steps = (np.asarray(a) for a in fn(*args))
-            if method == "auto" and np.any(status != 0):
+            # "auto": what the capped explicit solve fails is redone implicitly, and what
+            # that fails too (Kvaerno5's chord iterations can fail to converge at rtol
+            # 1e-12) explicitly with every step allowed
+            fallbacks = [("stiff", solver.max_steps)]
+            if first_steps < solver.max_steps:
+                fallbacks.append(("nonstiff", solver.max_steps))
+            for which, max_steps in fallbacks if method == "auto" else []:
                 redo = np.flatnonzero(status != 0)
-                fn2 = self._compiled(system, "stiff", solver, solver.max_steps, has_y0, oi)
+                if not redo.size:
+                    break
+                fn2 = self._compiled(system, which, solver, max_steps, has_y0, oi)
                 sub = (args[0][redo], args[1][redo], *args[2:])
                 ys2, st2, steps2 = (np.asarray(a) for a in fn2(*sub))
                 ys, status, steps = ys.copy(), status.copy(), steps.copy()

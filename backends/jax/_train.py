@@ -99,10 +99,16 @@ class JaxTrainingProgram(TrainingProgram):
             method = problem.solver.method
             if method == "auto":
                 # Explicit first. A start that runs out of steps (or blows up) goes on with
-                # the implicit solver, in a second program compiled only if one does.
+                # the implicit solver, in a second program compiled only if one does; one
+                # the implicit solver fails too goes on with the explicit one and every step
+                # allowed (Kvaerno5's chord iterations can fail to converge at rtol 1e-12
+                # where Tsit5 needs 28,000 steps but succeeds: Bachmann_MSB2011).
                 cap = min(problem.solver.max_steps, AUTO_TRAIN_EXPLICIT_STEPS)
+                steps = problem.solver.max_steps
                 self._loss_fns = {"main": self._make_loss("nonstiff", cap),
-                                  "stiff": self._make_loss("stiff", problem.solver.max_steps)}
+                                  "stiff": self._make_loss("stiff", steps)}
+                if steps > cap:
+                    self._loss_fns["long"] = self._make_loss("nonstiff", steps)
             else:
                 self._loss_fns = {"main": self._make_loss(method, problem.solver.max_steps)}
             self._loss_fn = self._loss_fns["main"]
@@ -312,35 +318,37 @@ class JaxTrainingProgram(TrainingProgram):
             return _State(carry, np.zeros(n, dtype=np.int8))
 
     def run(self, state, n_iter):
-        """``n_iter`` (<= chunk) iterations of every live start; starts that fail with the
-        explicit solver in "auto" mode finish the chunk with the implicit one."""
+        """``n_iter`` (<= chunk) iterations of every live start; in "auto" mode a start a
+        program fails goes on with the next one (explicit, implicit, explicit without the
+        step cap) for the rest of the chunk, and stays with it."""
         with jax.enable_x64(True):
             carry, mode = state.carry, state.mode.copy()
             n = mode.shape[0]
-            status0 = np.asarray(carry[2])
             zeros = np.zeros(n, dtype=bool)
+            status_in = np.asarray(carry[2])
             carry, main = self._run("main", carry, np.where(mode == 0, n_iter, 0), zeros)
             losses = main[:, :n_iter].copy()
-            if "stiff" in self._loss_fns:
+            for level, which in enumerate(list(self._loss_fns)[1:], start=1):
                 status = np.asarray(carry[2])
                 # 4 too: an explicit solve can give a finite loss but a NaN gradient (a
                 # rejected trial step whose vector field is NaN, e.g. a negative state under
                 # a fractional power, leaks NaN through the step's where into the backward
                 # pass); the implicit solver does not visit such states
-                switch = (mode == 0) & (status0 == 0) & np.isin(status, (1, 2, 3, 4))
+                switch = (mode == level - 1) & (status_in == 0) & np.isin(status, (1, 2, 3, 4))
                 done = np.where(switch, np.sum(np.isfinite(losses), axis=1), 0)
                 if switch.any():
-                    mode[switch] = 1
+                    mode[switch] = level
                     carry = (*carry[:2], jnp.where(jnp.asarray(switch), 0, carry[2]),
                              *carry[3:])
-                live = (mode == 1) & (np.asarray(carry[2]) == 0) & ~np.asarray(carry[3])
+                status_in = np.asarray(carry[2])
+                live = (mode == level) & (status_in == 0) & ~np.asarray(carry[3])
                 budget = np.where(live, n_iter - done, 0)
                 if budget.any():
                     members = np.flatnonzero(budget)
-                    carry, stiff = self._run_members("stiff", carry, members,
-                                                     budget[members], None)
+                    carry, out = self._run_members(which, carry, members, budget[members],
+                                                   None)
                     for j, m in enumerate(members):
-                        losses[m, done[m]:] = stiff[j, :budget[m]]
+                        losses[m, done[m]:] = out[j, :budget[m]]
             return _State(carry, mode), losses
 
     def _run_members(self, which, carry, members, budget, probe):
@@ -391,11 +399,12 @@ class JaxTrainingProgram(TrainingProgram):
             n = mode.shape[0]
             if np.any(mode == 0):
                 carry, _ = self._run("main", carry, np.zeros(n, np.int32), mode == 0)
-            members = np.flatnonzero(mode == 1)
-            if "stiff" in self._loss_fns and members.size:
-                carry, _ = self._run_members("stiff", carry, members,
-                                             np.zeros(members.size, np.int64),
-                                             np.ones(members.size, dtype=bool))
+            for level, which in enumerate(list(self._loss_fns)[1:], start=1):
+                members = np.flatnonzero(mode == level)
+                if members.size:
+                    carry, _ = self._run_members(which, carry, members,
+                                                 np.zeros(members.size, np.int64),
+                                                 np.ones(members.size, dtype=bool))
             return np.asarray(carry[4])
 
     def loss(self, theta):
@@ -408,7 +417,8 @@ class JaxTrainingProgram(TrainingProgram):
 
 class _State:
     """Training state: the compiled programs' carry and each start's solver (0 explicit,
-    1 implicit after the explicit solver failed it)."""
+    1 implicit after the explicit solver failed it, 2 explicit without the step cap after
+    the implicit one failed it too)."""
 
     __slots__ = ("carry", "mode")
 
