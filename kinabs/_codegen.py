@@ -46,7 +46,7 @@ from kinabs._model import TIME
 from kinabs._ops import Quotient, Rem
 from kinabs._vectorize import group_by_template, vector_block
 
-__all__ = ["generate", "Generated", "BoundFunctions"]
+__all__ = ["generate", "Generated", "BoundFunctions", "time_breaks"]
 
 #: Expressions sharing one template are printed as one vector expression from this many on.
 MIN_GROUP = 8
@@ -271,6 +271,9 @@ class Generated:
     n_states: int
     n_reactions: int
     output_exprs: tuple = field(default=(), compare=False, repr=False)
+    #: times at which a condition on time alone switches in the vector field (a rate
+    #: ``piecewise(..., time < 4)`` jumps at 4): the solvers step exactly to each
+    time_breaks: tuple[float, ...] = ()
 
     def bind(self, ops: Any) -> BoundFunctions:
         """Compile the source against ``ops`` (an :class:`~kinabs._ops.ArrayApiOps`)."""
@@ -382,4 +385,32 @@ def generate(system) -> Generated:
     source = "\n".join(head + body + tail)
     return Generated(source=source, stoichiometry=np.asarray(system.stoichiometry, float),
                      n_states=len(system.states), n_reactions=len(system.rates),
-                     output_exprs=tuple(system.output_exprs))
+                     output_exprs=tuple(system.output_exprs),
+                     time_breaks=time_breaks([*system.rates, *scale, *system.extra]))
+
+
+def time_breaks(exprs: Sequence[sympy.Expr]) -> tuple[float, ...]:
+    """Sorted times where a relation of time alone (``time < 4``, ``2 * time >= 3``)
+    changes truth value in ``exprs``; relations that involve anything else (a parameter,
+    a state) are not fixed times and are left to the step-size control.
+
+    Example:
+        >>> from kinabs._model import TIME
+        >>> time_breaks([sympy.Piecewise((0, TIME < 4), (1, 2 * TIME >= 3), (2, True))])
+        (1.5, 4.0)
+    """
+    found: set[float] = set()
+    for e in exprs:
+        e = sympy.sympify(e)
+        for rel in e.atoms(sympy.core.relational.Relational):
+            diff = sympy.expand(rel.lhs - rel.rhs)
+            if diff.free_symbols != {TIME}:
+                continue
+            slope, rest = diff.coeff(TIME, 1), diff.subs(TIME, 0)
+            if not (slope.is_number and rest.is_number) or sympy.expand(
+                    diff - slope * TIME - rest) != 0 or slope == 0:
+                continue  # not linear in time
+            t = float(-rest / slope)
+            if math.isfinite(t):
+                found.add(t)
+    return tuple(sorted(found))

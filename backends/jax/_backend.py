@@ -68,7 +68,11 @@ def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, 
         k = (k, active)
         term = diffrax.ODETerm(
             lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
-    controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol)
+    # steps end at the times where the vector field jumps (a rate piecewise in time)
+    breaks = fns.generated.time_breaks if fns.generated is not None else ()
+    controller = diffrax.PIDController(
+        rtol=opts.rtol, atol=opts.atol,
+        jump_ts=jnp.asarray(breaks, dtype=jnp.float64) if breaks else None)
     t1 = ts[-1]
     # diffrax needs t1 > t0; a zero-length solve returns y0 at every time.
     t1_safe = jnp.where(t1 > t0, t1, t0 + 1.0)

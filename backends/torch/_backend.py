@@ -132,28 +132,30 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
     # The constants are split once per solve: the generated functions read them only
     # through ops.get (see TorchOps.columns); subsets (k[idx]) are passed through as is.
     rhs, jac, dfdt, rhs_jac = _stage_functions(low, k)
+    breaks = low.fns.generated.time_breaks if low.fns.generated is not None else ()
 
     def stiff(y0, k, tableau=None):
         tab = tableau or Rosenbrock().tableau
         adj = _discrete_adjoint(low, y0, k)
         if adj is not None:
             return adjoint_rosenbrock_solve(low.step, adj, times, t0, y0, k, tableau=tab,
-                                            max_steps=opts.max_steps, **common)
+                                            max_steps=opts.max_steps, breaks=breaks,
+                                            **common)
         return rosenbrock_solve(rhs, jac, dfdt, times, t0, y0, k, max_steps=opts.max_steps,
-                                tableau=tab, rhs_jac=rhs_jac, **common)
+                                tableau=tab, rhs_jac=rhs_jac, breaks=breaks, **common)
 
     if isinstance(method, Rosenbrock):
         return stiff(y0, k, method.tableau)
     name = method.method if isinstance(method, TorchDiffEq) else "dopri5"
     cap = opts.max_steps if method != "auto" else min(opts.max_steps, AUTO_EXPLICIT_STEP_CAP)
-    ys, status, steps = explicit_solve(rhs, times, t0, y0, k, method=name,
-                                       max_steps=cap, adjoint=backsolve, **common)
+    ys, status, steps = explicit_solve(rhs, times, t0, y0, k, method=name, max_steps=cap,
+                                       adjoint=backsolve, breaks=breaks, **common)
     if method == "auto" and np.any(status != 0):
         return stiff(y0, k)
     if np.any(status != 0) and y0.shape[0] > 1:
         # One shared step size: find which members fail by solving them one by one.
         parts = [explicit_solve(rhs, times, t0, y0[i:i + 1], k[i:i + 1], method=name,
-                                max_steps=cap, adjoint=backsolve, **common)
+                                max_steps=cap, adjoint=backsolve, breaks=breaks, **common)
                  for i in range(y0.shape[0])]
         ys = torch.cat([p[0] for p in parts])
         status = np.concatenate([p[1] for p in parts])

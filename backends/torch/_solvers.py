@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -254,20 +254,22 @@ def rosenbrock_solve(
     rhs: Callable, jac: Callable, dfdt: Callable | None, ts: torch.Tensor, t0: float,
     y0: torch.Tensor, k: torch.Tensor, *, rtol: float = 1e-8, atol: float = 1e-10,
     max_steps: int = 100_000, dt0: float | None = None, tableau: RosenbrockTableau = RODAS5,
-    rhs_jac: Callable | None = None, tape: Tape | None = None,
+    rhs_jac: Callable | None = None, tape: Tape | None = None, breaks: Sequence[float] = (),
 ):
     """Solve ``dy/dt = rhs(t, y, k)`` from ``(t0, y0)`` and save at ``ts`` (see the module
     docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems;
     ``rhs_jac(t, y, k) -> (rhs, jac)`` (optional) computes both in one call. With a
     ``tape`` (and autograd off), every accepted step is recorded on it for a discrete
-    adjoint (``_adjoint``)."""
+    adjoint (``_adjoint``). ``breaks``: times where the vector field may jump (see
+    ``Generated.time_breaks``); a step ends just before each and the next starts just
+    after it, so that no step's stages straddle a jump."""
     with single_threaded(y0):
         return _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
-                                 tableau, rhs_jac, tape)
+                                 tableau, rhs_jac, tape, breaks)
 
 
 def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0, tableau,
-                      rhs_jac, tape):
+                      rhs_jac, tape, breaks=()):
     b, n_t = y0.shape[0], int(ts.shape[0])
     dev, dt = y0.device, y0.dtype
     ts_np = ts.detach().cpu().numpy().astype(np.float64)
@@ -290,11 +292,19 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
         raise ValueError("a tape needs rhs_jac, an autonomous system and autograd off")
     mix = mixing(tableau, dt, dev) if fast else None
     nonfinite = np.zeros(b, dtype=bool)
+    brk = np.asarray(sorted(breaks), dtype=np.float64)
+    to_break = np.zeros(b, dtype=bool)
     while True:
         active = (nxt < n_t) & (status == 0)
         if not active.any():
             break
         t_target = ts_np[np.minimum(nxt, n_t - 1)]
+        if brk.size:
+            # the next jump (after t) before the next save time: end the step one ulp
+            # before it; after it the next step starts one ulp after (no stage sees both)
+            nb = brk[np.minimum(np.searchsorted(brk, t, side="right"), brk.size - 1)]
+            to_break = (nb > t) & (nb <= t_target)
+            t_target = np.where(to_break, np.nextafter(nb, -np.inf), t_target)
         h_try = np.where(active, np.minimum(h, t_target - t), 1.0)
         clipped = active & (h >= t_target - t)
         th = torch.as_tensor(t, dtype=dt, device=dev)
@@ -323,9 +333,11 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
                 if tape is not None:
                     tape.steps.append(TapeStep(mask, hh, y, *out[2]))
                 y = torch.where(mask[:, None], y_new, y)
-            t = np.where(accept, np.where(clipped, t_target, t + h_try), t)
+            t_end = np.where(to_break, np.nextafter(nb, np.inf), t_target) if brk.size \
+                else t_target
+            t = np.where(accept, np.where(clipped, t_end, t + h_try), t)
             accepted += accept
-            hit = accept & clipped
+            hit = accept & clipped & (nxt < n_t) & (ts_np[np.minimum(nxt, n_t - 1)] <= t)
             if hit.any():
                 snaps.append(y)
                 _advance_saves(nxt, snap_idx, ts_np, t, hit, len(snaps) - 1)
@@ -389,12 +401,18 @@ def _advance_saves(nxt, snap_idx, ts_np, t, members, snap) -> None:
             nxt[m] += 1
 
 
+#: torchdiffeq's adaptive Runge-Kutta methods (they take ``jump_t``)
+_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
+
+
 def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
                    k: torch.Tensor, *, method: str = "dopri5", rtol: float = 1e-8,
                    atol: float = 1e-10, max_steps: int = 100_000, dt0: float | None = None,
-                   adjoint: bool = False):
+                   adjoint: bool = False, breaks: Sequence[float] = ()):
     """Solve with torchdiffeq (one shared step size for the batch). A failure fails every
-    member: status 1 (max_steps) or 3 (step size underflow or another solver error)."""
+    member: status 1 (max_steps) or 3 (step size underflow or another solver error).
+    ``breaks``: times where the vector field may jump (torchdiffeq's ``jump_t``, for its
+    adaptive solvers)."""
     import torchdiffeq
 
     b = y0.shape[0]
@@ -406,6 +424,9 @@ def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
     options = {"max_num_steps": int(max_steps)}
     if dt0:
         options["first_step"] = float(dt0)
+    inside = [x for x in breaks if float(t_all[0]) < x < float(t_all[-1])]
+    if inside and method in _ADAPTIVE:
+        options["jump_t"] = torch.tensor(inside, dtype=y0.dtype, device=y0.device)
 
     def func(t, y):
         # A NaN or infinite derivative at a trial stage (e.g. a rate law undefined past a
