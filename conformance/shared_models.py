@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -100,13 +101,32 @@ def _verdict(doc: dict) -> str:
     return "agree"
 
 
+def _jax_torch(doc: dict) -> str:
+    """The verdict between the two backends alone (the reference aside), from each check's
+    per-pair differences: ``agree``, or the checks where they differ."""
+    if doc.get("error") or not doc.get("checks"):
+        return "-"
+    worse = []
+    for c in doc["checks"]:
+        m = re.search(r"jax-torch ([0-9.e+-]+|inf|nan)", c.get("detail", ""))
+        if c["verdict"] in ("unsupported", "skipped") or m is None:
+            if c["verdict"] == "unsupported":
+                return "-"
+            continue
+        value = float(m.group(1))
+        if not value <= c["tolerance"]:
+            worse.append(f"{c['check']} {value:.1e}")
+    return "agree" if not worse else "DISAGREE: " + ", ".join(worse)
+
+
 def table(docs: list[dict]) -> str:
     """Markdown: one row per model with the largest differences of each check."""
     present = {c["check"] for d in docs for c in d.get("checks", [])}
     checks = [c for c in ("trajectory", "loss (log)", "gradient (log)", "loss (linear)",
                           "gradient (linear)") if c in present or not present]
     lines = ["| model | data | states / parameters | " + " | ".join(checks)
-             + " | verdict | seconds |", "|---|---|---|" + "---|" * len(checks) + "---|---|"]
+             + " | verdict (all three) | JAX-torch | seconds |",
+             "|---|---|---|" + "---|" * len(checks) + "---|---|---|"]
     for d in docs:
         rows = {c["check"]: c for c in d.get("checks", [])}
         cells = []
@@ -117,7 +137,7 @@ def table(docs: list[dict]) -> str:
         meta = d.get("meta", {})
         size = f"{meta.get('states', '-')} / {len(meta.get('parameters', []) or [])}"
         lines.append(f"| {d['model']} | {d.get('data', '')} | {size} | " + " | ".join(cells)
-                     + f" | {_verdict(d)} | {d.get('seconds', '')} |")
+                     + f" | {_verdict(d)} | {_jax_torch(d)} | {d.get('seconds', '')} |")
     return "\n".join(lines)
 
 
