@@ -129,8 +129,9 @@ def scipy_reference(model, times: np.ndarray, outputs: list, *, t0: float = 0.0)
         ys = np.broadcast_to(y0, (len(times), y0.size))
     keys = [system.output_key(o, "concentration") for o in outputs]
     index = [system.output_index[key] for key in keys]
+    outputs_fn = fns.outputs_at(index)
     with np.errstate(all="ignore"):
-        values = np.stack([np.asarray(fns.outputs_at(index)(np.float64(t), y, k))
+        values = np.stack([np.asarray(outputs_fn(np.float64(t), y, k))
                            for t, y in zip(times, ys)])
     return kinabs.SimulationResult(times=times, values=values[None], columns=tuple(outputs),
                                    status=(status,), steps=np.asarray([-1]))

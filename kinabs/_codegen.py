@@ -242,7 +242,7 @@ class BoundFunctions:
     outputs: Any
     to_state: Any
     ops: Any
-    generated: Generated | None = field(default=None, compare=False, repr=False)
+    generated: Generated = field(compare=False, repr=False)
     _subsets: dict = field(default_factory=dict, compare=False, repr=False)
 
     def outputs_at(self, index: Sequence[int]) -> Any:
@@ -251,7 +251,7 @@ class BoundFunctions:
         key = tuple(int(i) for i in np.asarray(index).reshape(-1))
         fn = self._subsets.get(key)
         if fn is None:
-            if self.generated is None or not key:
+            if not key:
                 full, idx = self.outputs, list(key)
 
                 def fn(t, y, k, _full=full, _idx=idx):

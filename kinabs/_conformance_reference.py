@@ -91,8 +91,9 @@ class ScipyReference:
             ys = sol.y.T if ok else np.full((times.size, y0.size), np.nan)
         else:
             ys = np.broadcast_to(y0, (times.size, y0.size))
+        outputs = fns.outputs_at(e.output_index)
         with np.errstate(all="ignore"):
-            out = np.stack([np.asarray(fns.outputs_at(e.output_index)(np.float64(t), y, k))
+            out = np.stack([np.asarray(outputs(np.float64(t), y, k))
                             for t, y in zip(times, ys)])
         return out, ok
 

@@ -69,7 +69,7 @@ def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, 
         term = diffrax.ODETerm(
             lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
     # steps end at the times where the vector field jumps (a rate piecewise in time)
-    breaks = fns.generated.time_breaks if fns.generated is not None else ()
+    breaks = fns.generated.time_breaks
     controller = diffrax.PIDController(
         rtol=opts.rtol, atol=opts.atol,
         jump_ts=jnp.asarray(breaks, dtype=jnp.float64) if breaks else None)

@@ -132,7 +132,7 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
     # The constants are split once per solve: the generated functions read them only
     # through ops.get (see TorchOps.columns); subsets (k[idx]) are passed through as is.
     rhs, jac, dfdt, rhs_jac = _stage_functions(low, k)
-    breaks = low.fns.generated.time_breaks if low.fns.generated is not None else ()
+    breaks = low.fns.generated.time_breaks
 
     def stiff(y0, k, tableau=None):
         tab = tableau or Rosenbrock().tableau

@@ -292,19 +292,18 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
         raise ValueError("a tape needs rhs_jac, an autonomous system and autograd off")
     mix = mixing(tableau, dt, dev) if fast else None
     nonfinite = np.zeros(b, dtype=bool)
-    brk = np.asarray(sorted(breaks), dtype=np.float64)
-    to_break = np.zeros(b, dtype=bool)
+    # the jump times, then inf: "the next jump after t" always exists
+    brk = np.asarray([*sorted(breaks), math.inf], dtype=np.float64)
     while True:
         active = (nxt < n_t) & (status == 0)
         if not active.any():
             break
         t_target = ts_np[np.minimum(nxt, n_t - 1)]
-        if brk.size:
-            # the next jump (after t) before the next save time: end the step one ulp
-            # before it; after it the next step starts one ulp after (no stage sees both)
-            nb = brk[np.minimum(np.searchsorted(brk, t, side="right"), brk.size - 1)]
-            to_break = (nb > t) & (nb <= t_target)
-            t_target = np.where(to_break, np.nextafter(nb, -np.inf), t_target)
+        # the next jump (after t) before the next save time: end the step one ulp
+        # before it; after it the next step starts one ulp after (no stage sees both)
+        nb = brk[np.minimum(np.searchsorted(brk, t, side="right"), brk.size - 1)]
+        to_break = (nb > t) & (nb <= t_target)
+        t_target = np.where(to_break, np.nextafter(nb, -np.inf), t_target)
         h_try = np.where(active, np.minimum(h, t_target - t), 1.0)
         clipped = active & (h >= t_target - t)
         th = torch.as_tensor(t, dtype=dt, device=dev)
@@ -333,8 +332,7 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
                 if tape is not None:
                     tape.steps.append(TapeStep(mask, hh, y, *out[2]))
                 y = torch.where(mask[:, None], y_new, y)
-            t_end = np.where(to_break, np.nextafter(nb, np.inf), t_target) if brk.size \
-                else t_target
+            t_end = np.where(to_break, np.nextafter(nb, np.inf), t_target)
             t = np.where(accept, np.where(clipped, t_end, t + h_try), t)
             accepted += accept
             hit = accept & clipped & (nxt < n_t) & (ts_np[np.minimum(nxt, n_t - 1)] <= t)
