@@ -191,6 +191,19 @@ def test_max_steps_failure(method):
         kinabs.simulate(robertson_model(), [40.0], backend="torch", solver=opts)
 
 
+def test_explicit_max_steps_counts_the_whole_solve():
+    # torchdiffeq's own max_num_steps counts the steps between two save times: with 200
+    # save times (a few steps each at rtol 1e-12) a cap of 50 never triggered there.
+    times = np.linspace(0.05, 10.0, 200)
+    capped = kinabs.SolverOptions(method="nonstiff", max_steps=50, rtol=1e-12, atol=1e-14)
+    res = kinabs.simulate(decay_model(), times, backend="torch", solver=capped,
+                          on_failure="nan")
+    assert res.status == ("max_steps_reached",)
+    ample = kinabs.SolverOptions(method="nonstiff", max_steps=5000, rtol=1e-12, atol=1e-14)
+    res = kinabs.simulate(decay_model(), times, backend="torch", solver=ample)
+    np.testing.assert_allclose(res.values[0, :, 0], 2.0 * np.exp(-0.5 * times), rtol=1e-10)
+
+
 def test_per_member_status_in_a_batch():
     opts = kinabs.SolverOptions(method="stiff", max_steps=30)
     res = kinabs.simulate(robertson_model(), [1.0, 40.0], backend="torch", solver=opts,

@@ -153,5 +153,20 @@ class TorchOps(ArrayApiOps):
     def ne(self, x, y):
         return torch.ne(x, y)
 
+    def _bool(self, a):
+        return a if isinstance(a, torch.Tensor) else self.const_bool(a)
+
+    def logical_and(self, a, b):
+        return torch.logical_and(self._bool(a), self._bool(b))
+
+    def logical_or(self, a, b):
+        return torch.logical_or(self._bool(a), self._bool(b))
+
+    def logical_not(self, a):
+        return torch.logical_not(self._bool(a))
+
+    def logical_xor(self, a, b):
+        return torch.logical_xor(self._bool(a), self._bool(b))
+
     def to_float(self, a):
         return a.to(self.dtype)

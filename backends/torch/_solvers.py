@@ -45,6 +45,10 @@ SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
 _NAN_STANDIN = 1e300
 
 
+class _StepCapReached(Exception):
+    """An explicit solve attempted more than ``max_steps`` steps (status 1)."""
+
+
 @dataclass(frozen=True)
 class Rosenbrock:
     """The stiff solver: an adaptive Rosenbrock method (``RODAS5`` or ``RODAS4``);
@@ -433,13 +437,24 @@ def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
         return torch.nan_to_num(rhs(t, y, k), nan=_NAN_STANDIN, posinf=_NAN_STANDIN,
                                 neginf=-_NAN_STANDIN)
 
+    # torchdiffeq's max_num_steps counts the steps between two output times, not the
+    # solve's: with 50 save times a cap of 2,000 let a stiff model take 100,000 steps.
+    # Count every attempted step of the solve ourselves.
+    attempted = [0]
+
+    def count_step(t0, y0, dt):
+        attempted[0] += 1
+        if attempted[0] > max_steps:
+            raise _StepCapReached
+
+    func.callback_step = count_step
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     extra = {"adjoint_params": (k,), "adjoint_options": {"norm": "seminorm"}} if adjoint else {}
     try:
         sol = solve(func, y0, t_all, rtol=rtol, atol=atol, method=method, options=options,
                     **extra)
-    except AssertionError as exc:
-        code = 1 if "max_num_steps" in str(exc) else 3
+    except (AssertionError, _StepCapReached) as exc:
+        code = 1 if isinstance(exc, _StepCapReached) or "max_num_steps" in str(exc) else 3
         ys = torch.full((b, ts.shape[0], y0.shape[-1]), math.nan, dtype=y0.dtype,
                         device=y0.device)
         return ys, np.full(b, code, np.int64), np.full(b, -1, np.int64)
