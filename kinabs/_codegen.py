@@ -44,6 +44,7 @@ import sympy
 from kinabs._errors import UnsupportedFeatureError
 from kinabs._model import TIME
 from kinabs._ops import Quotient, Rem
+from kinabs._powers import PowerLog, PowerOf, plain_powers
 from kinabs._vectorize import group_by_template, vector_block
 
 __all__ = ["generate", "Generated", "BoundFunctions", "time_breaks"]
@@ -110,6 +111,8 @@ class _Printer:
             return self._mul(e)
         if isinstance(e, sympy.Pow):
             return self._pow(*e.args)
+        if isinstance(e, (PowerOf, PowerLog)):
+            return self.p(plain_powers(e))
         f = type(e)
         if f in _UNARY:
             return f"ops.{_UNARY[f]}({self.arg(e.args[0])})"

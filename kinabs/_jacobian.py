@@ -41,6 +41,7 @@ from kinabs._codegen import _block, _Printer
 from kinabs._errors import UnsupportedFeatureError
 from kinabs._model import TIME
 from kinabs._ops import Quotient, Rem
+from kinabs._powers import guard_powers
 from kinabs._system import y_symbol
 
 __all__ = ["generate_jacobian", "GeneratedJacobian", "BoundJacobian", "jacobian_entries"]
@@ -129,9 +130,10 @@ def jacobian_entries(system) -> tuple[dict[tuple[int, int], sympy.Expr], list[sy
     n = len(system.states)
     ys = [y_symbol(i) for i in range(n)]
     scale = list(system.scale) if system.scale is not None else [sympy.Integer(1)] * n
-    rates, back = _piecewise_constant(list(system.rates))
-    scale, back2 = _piecewise_constant(scale)
-    extra, back3 = _piecewise_constant(list(system.extra))
+    # powers with symbolic exponents differentiate without 0/0 at a zero base
+    rates, back = _piecewise_constant([guard_powers(v) for v in system.rates])
+    scale, back2 = _piecewise_constant([guard_powers(v) for v in scale])
+    extra, back3 = _piecewise_constant([guard_powers(v) for v in system.extra])
     back = {**back, **back2, **back3}
     stoich = np.asarray(system.stoichiometry, dtype=float)
     wrt = [*ys, TIME]

@@ -44,12 +44,31 @@ def switch_model() -> kinabs.Model:
     )
 
 
+def power_model(n: float = 1.0000000000001) -> kinabs.Model:
+    """A made at rate p from A = 0, removed at rate k A^n, the exponent n a parameter (as
+    Merkle 2016's SOCS3prom): sympy's d(A^n)/dA = n A^n / A is 0/0 at the start, and
+    d(A^n)/dn = A^n log A is 0 * -inf."""
+    return kinabs.Model(
+        id="power",
+        compartments={"c": kinabs.Compartment("c", 1.0)},
+        species={"A": kinabs.Species("A", "c", initial_concentration=0.0)},
+        parameters={"p": kinabs.Parameter("p", 0.6), "k": kinabs.Parameter("k", 0.4),
+                    "n": kinabs.Parameter("n", n)},
+        reactions={"make": kinabs.Reaction("make", sym("p"), (), (R("A"),)),
+                   "use": kinabs.Reaction("use", sym("k") * sym("A") ** sym("n"),
+                                          (R("A"),), ())},
+    )
+
+
 def _systems(model):
     return {"serine": kinabs.lower(model), "robertson": kinabs.lower(robertson_model()),
-            "switch": kinabs.lower(switch_model())}
+            "switch": kinabs.lower(switch_model()),
+            # n > 2 when scaled: at A = 0 the step's derivative by A (through J' =
+            # n (n-1) A^(n-2)) is finite, so is the gradient by the initial state
+            "power": kinabs.lower(power_model(5.0))}
 
 
-@pytest.mark.parametrize("name", ["serine", "robertson", "switch"])
+@pytest.mark.parametrize("name", ["serine", "robertson", "switch", "power"])
 def test_step_functions_equal_the_generated_functions(model, name):
     system = _systems(model)[name]
     low = lowered(system)
@@ -87,7 +106,7 @@ def _loss_and_grads(system, p, y_scale, solver, adjoint: bool, monkeypatch):
     return loss.detach(), ys.detach(), p.grad, y0.grad, status, steps
 
 
-@pytest.mark.parametrize("name", ["serine", "robertson", "switch"])
+@pytest.mark.parametrize("name", ["serine", "robertson", "switch", "power"])
 def test_discrete_adjoint_equals_autograd_through_the_steps(model, name, monkeypatch):
     """Same steps (the solve is the same), so the same gradient to rounding, by the
     parameters and by the initial state, for every member of a batch."""
@@ -113,6 +132,62 @@ def test_discrete_adjoint_equals_autograd_through_the_steps(model, name, monkeyp
         assert torch.isfinite(a).all() and a.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-8 if same_steps else 1e-4,
                                    atol=1e-12 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["stiff", "auto"])
+def test_symbolic_exponent_at_a_zero_state(method):
+    """The Jacobian at A = 0 is finite (0 for n > 1), so Rosenbrock steps succeed: the
+    solve was 'nonfinite' from the first step. With n = 1 + 1e-13 the solution is
+    p/k (1 - exp(-k t)) to ~1e-12."""
+    system = kinabs.lower(power_model())
+    jac = lowered(system).jac
+    y = torch.zeros((1, 1), dtype=torch.float64)
+    k = torch.as_tensor(system.parameter_defaults[None, :])
+    assert float(jac(torch.tensor(0.0, dtype=torch.float64), y, Columns(k))[0, 0, 0]) == 0.0
+    times = np.array([0.5, 2.0, 8.0])
+    sim = kinabs.simulate(power_model(), times, backend="torch",
+                          solver=kinabs.SolverOptions(method=method, rtol=1e-10, atol=1e-12))
+    assert sim.ok
+    np.testing.assert_allclose(sim.values[0][:, 0], 0.6 / 0.4 * (1 - np.exp(-0.4 * times)),
+                               rtol=1e-8)
+
+
+def test_symbolic_exponent_gradients_at_a_zero_state(monkeypatch):
+    """The discrete adjoint's parameter gradient is finite (d(A^n)/dn = A^n log A is 0 at
+    A = 0), and matches central differences of the same solves."""
+    system = kinabs.lower(power_model())
+    p = torch.as_tensor(system.parameter_defaults[None, :])
+    ones = torch.ones((1, 1), dtype=torch.float64)
+    solver = kinabs.SolverOptions(method="stiff", rtol=1e-12, atol=1e-14)
+    loss, _, grad, _, status, _ = _loss_and_grads(system, p, ones, solver, True, monkeypatch)
+    assert status[0] == 0 and torch.isfinite(grad).all()
+    # one-sided (second order) differences: below n = 1 the rate is not Lipschitz at 0
+    for i in range(len(system.parameters)):
+        h = 1e-4 * float(p[0, i])
+        values = []
+        for step in (0.0, h, 2 * h):
+            q = p.clone()
+            q[0, i] += step
+            values.append(float(_loss_and_grads(system, q, ones, solver, True,
+                                                monkeypatch)[0]))
+        fd = (-3 * values[0] + 4 * values[1] - values[2]) / (2 * h)
+        np.testing.assert_allclose(float(grad[0, i]), fd, rtol=1e-5)
+
+
+def test_infinite_jacobian_at_the_start_fails_the_implicit_solvers():
+    """A' = p - k A^0.5 from A = 0: J = -inf there, so an implicit step's update is 0 and
+    the state never left 0, a 'success' on both backends. Now the implicit solvers
+    report non-finite; "auto" (explicit first) solves it, the same on both."""
+    opts = {m: kinabs.SolverOptions(method=m, rtol=1e-10, atol=1e-12) for m in ("stiff",
+                                                                              "auto")}
+    runs = {(b, m): kinabs.simulate(power_model(0.5), [0.5, 2.0, 8.0], backend=b,
+                                    solver=o, on_failure="nan")
+            for b in ("jax", "torch") for m, o in opts.items()}
+    for b in ("jax", "torch"):
+        assert runs[b, "stiff"].status == ("nonfinite",)
+        assert runs[b, "auto"].ok and runs[b, "auto"].values[0, 0, 0] > 0.2
+    np.testing.assert_allclose(runs["torch", "auto"].values, runs["jax", "auto"].values,
+                               rtol=1e-8)
 
 
 def test_discrete_adjoint_with_a_failing_member(model, monkeypatch):

@@ -86,6 +86,11 @@ def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, 
     ok = sol.result == diffrax.RESULTS.successful
     max_steps_hit = sol.result == diffrax.RESULTS.max_steps_reached
     finite = jnp.all(jnp.isfinite(ys))
+    if isinstance(solver, diffrax.AbstractImplicitSolver):
+        # A Jacobian that is not finite at the start (A**0.5 at A = 0) makes the Newton
+        # update 0: the state never leaves its initial value, and the solve "succeeds".
+        j0 = jax.jacfwd(lambda y: term.vf(t0, y, k))(y0)
+        finite = finite & jax.lax.stop_gradient(jnp.all(jnp.isfinite(j0)))
     status = jnp.where(ok, jnp.where(finite, 0, 2), jnp.where(max_steps_hit, 1, 3))
     return ys, status, sol.stats["num_accepted_steps"]
 

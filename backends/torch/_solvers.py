@@ -167,7 +167,16 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=N
             rhs_i = rhs_i + (d[i] * hc) * ft
         stages.append((rhs_i.unsqueeze(-2) @ w_inv_t).squeeze(-2))
     # Stiffly accurate: the solution is the last stage's input plus the last stage.
-    return yi + stages[-1], stages[-1]
+    return yi + stages[-1], _unless_singular(stages[-1], jy)
+
+
+def _unless_singular(err: torch.Tensor, jy: torch.Tensor) -> torch.Tensor:
+    """``err``, NaN (a rejected step) for members whose Jacobian is not finite. With
+    ``J = -inf`` (``A**0.5`` at ``A = 0``) ``W^-1`` is 0: every stage is zero, the step
+    "succeeds" and the state never leaves 0 (silently wrong); rejected, the solve ends
+    with status 2 (non-finite) instead."""
+    bad = ~torch.isfinite(jy).all(dim=-1).all(dim=-1)
+    return torch.where(bad[:, None], torch.nan, err)
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,7 @@ def _attempt_nograd(mix: _Mixing, rhs, rhs_jac, t, y, k, h, record=False):
         else:
             fi = rhs(tc[:, i], yi, k)
         u[:, i + 1:i + 2] = torch.bmm((fi + ci)[:, None, :], w_inv_t)
-    err = u[:, s]
+    err = _unless_singular(u[:, s], jy)
     if record:
         return yi + err, err, (tc, w_inv, jacs, inputs, u[:, 1:])
     return yi + err, err

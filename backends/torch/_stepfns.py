@@ -46,6 +46,7 @@ from kinabs._codegen import MIN_GROUP, _block, _Printer
 from kinabs._errors import UnsupportedFeatureError
 from kinabs._jacobian import jacobian_entries
 from kinabs._model import TIME
+from kinabs._powers import guard_powers
 from kinabs._system import k_symbol, p_symbol, y_symbol
 from kinabs._vectorize import group_by_template
 from kinabs.backends.torch._ops import Columns, TorchOps
@@ -217,7 +218,7 @@ def _hoisted(system) -> _Hoisted:
     for i in range(n):
         flux = sympy.Add(*[num(stoich[j, i]) * system.rates[j]
                            for j in range(len(system.rates)) if stoich[j, i] != 0])
-        rhs.append(scale[i] * flux + system.extra[i])
+        rhs.append(guard_powers(scale[i] * flux + system.extra[i]))
     entries, dfdt = jacobian_entries(system)
     keys = sorted(entries)
     has_time = any(d != 0 for d in dfdt)
