@@ -109,7 +109,7 @@ def _jax_torch(doc: dict) -> str:
     worse = []
     for c in doc["checks"]:
         m = re.search(r"jax-torch ([0-9.e+-]+|inf|nan)", c.get("detail", ""))
-        if c["verdict"] in ("unsupported", "skipped") or m is None:
+        if c["verdict"] in ("unsupported", "skipped", "agree") or m is None:
             if c["verdict"] == "unsupported":
                 return "-"
             continue

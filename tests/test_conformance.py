@@ -232,3 +232,39 @@ def test_loss_floor_bounds_the_change_trajectory_differences_can_make(space):
     assert change >= 0.5 * floor * loss_rtol
     # and the floor is what lets a loss of ~1e-14 be judged at all: 8e-4 relative apart
     assert floor * loss_rtol > 1e-3 * loss(pred)
+
+
+# -- trajectories beyond the tolerance: the solvers' resolution ----------------------------
+def _trajectory_row(**kw):
+    report = kinabs.check_conformance(
+        SERINE, SERINE_DATA, parameter_sets=1, train_iterations=0, spaces=("log",),
+        reference_gradient_sets=0, solver=kinabs.SolverOptions(rtol=1e-8, atol=1e-10),
+        tolerances=kinabs.ConformanceTolerances(trajectory_factor=1e-3), **kw)
+    return next(r for r in report.rows if r.check == "trajectory")
+
+
+def test_trajectory_differences_that_shrink_with_rtol_agree():
+    """At rtol 1e-8 the opinions differ by ~2e-8, far over a tolerance of 1e-11; re-solved
+    at rtol 1e-9 every pair differs ~10x less: the solvers' global error, converging."""
+    row = _trajectory_row()
+    assert row.largest_difference > 1e3 * row.tolerance
+    assert row.verdict == "agree" and "converging" in row.detail
+    assert row.detail.count("->") == 3  # jax-torch, jax-reference, torch-reference
+
+
+def test_trajectory_differences_that_do_not_shrink_disagree(monkeypatch):
+    """The same differences at the tighter tolerance (as a lowering difference would be):
+    a disagreement."""
+    from kinabs import _conformance as conf
+
+    real = conf._trajectories
+    first = []
+
+    def frozen(*args):
+        if not first:
+            first.append(real(*args))
+        return first[0]
+
+    monkeypatch.setattr(conf, "_trajectories", frozen)
+    row = _trajectory_row()
+    assert row.verdict == "disagree" and "not converging" in row.detail
