@@ -268,3 +268,20 @@ def test_trajectory_differences_that_do_not_shrink_disagree(monkeypatch):
     monkeypatch.setattr(conf, "_trajectories", frozen)
     row = _trajectory_row()
     assert row.verdict == "disagree" and "not converging" in row.detail
+
+
+def test_reference_gradient_refines_steps_where_truncation_matters():
+    """A component whose second- and fourth-order differences disagree is differenced
+    with 10x smaller steps until two agree; a smooth one keeps its first step."""
+    from kinabs._losses import DEFAULT_TERMS
+
+    def fake(row, j, h):  # component 0: truncation 1e5 h^2 (a spiky loss); 1: smooth
+        d4 = 1.0 + (1e5 * h * h if j == 0 else 0.0)
+        d2 = 1.0 + (1e6 * h if j == 0 else 1e-9)
+        return (h, dict.fromkeys(DEFAULT_TERMS, d4), dict.fromkeys(DEFAULT_TERMS, d2), [])
+
+    ref = object.__new__(ScipyReference)
+    ref._differences = fake
+    steps = ref._refined(np.ones(2), [fake(None, j, 1e-3) for j in range(2)])
+    assert steps[0][0] == pytest.approx(1e-5) and steps[1][0] == 1e-3
+    assert abs(steps[0][1]["log"] - 1.0) < 2e-5 and steps[1][1]["log"] == 1.0
