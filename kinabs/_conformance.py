@@ -337,8 +337,9 @@ def _converging(row: CheckRow, traj, metric, st, full, backends, unsupported, so
             continue
         after = (float(np.nanmax(metric(traj2[a], traj2[b]))) if a in traj2 and b in traj2
                  else math.inf)
-        ok &= after * CONVERGENCE_FACTOR <= before and after <= CONVERGED_LIMIT
-        steps.append(f"{a}-{b} {before:.2g} -> {after:.2g}")
+        converges = after * CONVERGENCE_FACTOR <= before and after <= CONVERGED_LIMIT
+        ok &= converges
+        steps.append(f"{a}-{b} {before:.2g} -> {after:.2g} {'ok' if converges else 'no'}")
     text = (f"; at rtol {fine.rtol:g}: {', '.join(steps)} ("
             + ("converging: the solvers' global error, not the lowering)" if ok else
                f"not converging by {CONVERGENCE_FACTOR:g}x to {CONVERGED_LIMIT:g})"))
