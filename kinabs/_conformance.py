@@ -13,7 +13,10 @@ trajectory         ``|a - b| <= trajectory_factor * (rtol * |b| + atol)`` at eve
                    point, with the backends' solver tolerances, rtol at least 1e-10
                    (float64 rounding adds up over a solve's steps); reported as the
                    relative difference ``|a - b| / (|b| + atol / rtol)``, allowed
-                   ``trajectory_factor * rtol``
+                   ``trajectory_factor * rtol``. Beyond that, re-solved at rtol / 10:
+                   pairs whose difference shrinks >= 3x (to <= 1e-6) converge to one
+                   solution and agree (a model that amplifies errors), and the loss and
+                   gradient floors then allow for the difference seen
 loss               ``|a - b| <= loss_rtol * (|b| + floor)`` (1e-6) for every parameter
                    set, where ``floor * loss_rtol`` bounds the change of the loss that
                    trajectory differences within the trajectory tolerance can make
@@ -444,9 +447,14 @@ def check_conformance(
     shown = {k: f"{np.isfinite(v).all(axis=1).sum()}/{len(v)} solved" for k, v in traj.items()}
     row = _row("trajectory", traj, shown, traj_metric, tol.trajectory_factor * traj_rtol,
                dict(unsupported), "parameter set")
+    # the trajectory differences the loss and gradient floors allow for, relative: the
+    # tolerance, or what the solvers were shown to resolve when they converge beyond it
+    resolution = tol.trajectory_factor * traj_rtol
     if row.verdict == "disagree":
         row = _converging(row, traj, traj_metric, st, full, backends, unsupported, solver,
                           ref)
+        if row.verdict == "agree":
+            resolution = max(resolution, row.largest_difference)
     rows.append(row)
 
     # loss and gradient in each space
@@ -454,7 +462,7 @@ def check_conformance(
     if ref is not None:
         n_fd = len(st.rows) if reference_gradient_sets is None else min(
             reference_gradient_sets, len(st.rows))
-        ref_lg = ref.loss_and_gradient(st.rows[:n_fd], rel_tol=traj_rtol * tol.trajectory_factor,
+        ref_lg = ref.loss_and_gradient(st.rows[:n_fd], rel_tol=resolution,
                                        abs_tol=solver.atol * tol.trajectory_factor
                                        ) if n_fd else None
         ref_loss = {s: ref.loss(st.rows, s) for s in spaces}
@@ -479,8 +487,8 @@ def check_conformance(
             gfloor = ref_lg[space][2]
         shown = {k: v[0] for k, v in loss.items()}
         floor = (np.zeros(len(st.rows)) if preds is None else
-                 _loss_floor(preds, st.data, space, traj_rtol, solver.atol,
-                             tol.trajectory_factor, tol.loss_rtol))
+                 _loss_floor(preds, st.data, space, resolution / tol.trajectory_factor,
+                             solver.atol, tol.trajectory_factor, tol.loss_rtol))
 
         def loss_metric(a, b, _floor=floor):
             with np.errstate(all="ignore"):

@@ -75,23 +75,26 @@ def _jax_value_and_grad(program: Any, theta: np.ndarray):
     import jax
     import jax.numpy as jnp
 
-    from kinabs.backends.jax._train import _value_and_grad
+    from kinabs.backends.jax._train import SENSITIVITIES, _value_and_grad
 
-    forward = program.problem.adjoint.method == "forward"
     with jax.enable_x64(True):
-        def batched(fn):
-            return jax.jit(jax.vmap(lambda th: _value_and_grad(fn, forward)(th, True)))
+        def batched(which):
+            vg = _value_and_grad(program._loss_fns[which], which in program._forward)
+            return jax.jit(jax.vmap(lambda th: vg(th, True)))
 
         th = jnp.asarray(theta)
-        (loss, status), grad = batched(program._loss_fns["main"])(th)
+        (loss, status), grad = batched("main")(th)
         loss, status, grad = np.array(loss), np.array(status), np.array(grad)
         # as training does: a start the explicit solver fails, or whose gradient it gives
-        # as non-finite, is redone with the implicit one, and then without the step cap
+        # as non-finite, is redone with the implicit one, then without the step cap, and
+        # a finite loss with a non-finite gradient with forward-mode sensitivities
         for which in list(program._loss_fns)[1:]:
-            redo = np.flatnonzero((status != 0) | ~np.all(np.isfinite(grad), axis=1))
+            bad_grad = ~np.all(np.isfinite(grad), axis=1)
+            redo = np.flatnonzero((status == 0) & bad_grad if which == SENSITIVITIES
+                                  else (status != 0) | bad_grad)
             if not redo.size:
-                break
-            (l2, s2), g2 = batched(program._loss_fns[which])(th[redo])
+                continue
+            (l2, s2), g2 = batched(which)(th[redo])
             loss[redo], status[redo], grad[redo] = np.asarray(l2), np.asarray(s2), \
                 np.asarray(g2)
     return loss, status, grad

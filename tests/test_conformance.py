@@ -285,3 +285,29 @@ def test_reference_gradient_refines_steps_where_truncation_matters():
     steps = ref._refined(np.ones(2), [fake(None, j, 1e-3) for j in range(2)])
     assert steps[0][0] == pytest.approx(1e-5) and steps[1][0] == 1e-3
     assert abs(steps[0][1]["log"] - 1.0) < 2e-5 and steps[1][1]["log"] == 1.0
+
+
+def test_jax_gradient_check_goes_on_with_forward_sensitivities(model, monkeypatch):
+    """As training does: a row whose reverse-mode gradient is NaN while its loss is
+    finite is redone with forward-mode sensitivities (the same gradient)."""
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setenv("KINABS_JAX_CACHE", "0")
+    tr = kinabs.Trainer(model=model, data=SERINE_DATA, progress=False,
+                        solver=kinabs.SolverOptions(method="stiff"))
+    theta = np.log2([[model.parameter_values()[p] * 1.3 for p in tr.parameters]] * 2)
+    program = tr._get_program()
+    plain = cb._jax_value_and_grad(program, theta)
+
+    @jax.custom_vjp
+    def poison(t):
+        return t
+
+    poison.defvjp(lambda t: (t, None), lambda _, g: (g * jnp.nan,))
+    main_fn = program._loss_fns["main"]
+    program._loss_fns["main"] = lambda t, active: main_fn(poison(t), active)
+    loss, status, grad = cb._jax_value_and_grad(program, theta)
+    assert np.all(status == 0) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(loss, plain[0], rtol=1e-12)
+    np.testing.assert_allclose(grad, plain[2], rtol=1e-7, atol=1e-12 * np.abs(grad).max())

@@ -637,7 +637,7 @@ def test_auto_goes_on_without_the_step_cap_where_the_implicit_solver_fails(model
                                 solver=kinabs.SolverOptions(method=method, max_steps=20_000))
         program = trainer._get_program()
         if method == "auto":
-            assert list(program._loss_fns) == ["main", "stiff", "long"]
+            assert list(program._loss_fns) == ["main", "stiff", "long", "sensitivities"]
             program._loss_fns["stiff"] = lambda theta, active: (jnp.inf, jnp.asarray(3))
         runs[method] = trainer.train()
     auto, plain = runs["auto"], runs["nonstiff"]
@@ -645,3 +645,31 @@ def test_auto_goes_on_without_the_step_cap_where_the_implicit_solver_fails(model
     np.testing.assert_allclose(auto.loss_history, plain.loss_history, rtol=1e-12)
     np.testing.assert_allclose(auto.parameters.to_numpy(), plain.parameters.to_numpy(),
                                rtol=1e-12)
+
+
+def _nan_gradient(fn):
+    """``fn`` with the same value and a NaN reverse-mode gradient."""
+    @jax.custom_vjp
+    def poison(theta):
+        return theta
+
+    poison.defvjp(lambda theta: (theta, None), lambda _, g: (g * jnp.nan,))
+    return lambda theta, active: fn(poison(theta), active)
+
+
+def test_a_nan_reverse_mode_gradient_goes_on_with_forward_sensitivities(model, monkeypatch):
+    """A finite loss whose reverse-mode gradient is NaN (backpropagation through a
+    rejected trial step whose vector field is NaN: Merkle 2016) goes on with forward-mode
+    sensitivities. Here the main program's gradient is made NaN: every start must follow
+    the loss curve of the unpatched run."""
+    monkeypatch.setenv("KINABS_JAX_CACHE", "0")  # the patched program must not be cached
+    runs = {}
+    for patched in (False, True):
+        trainer = _seed_trainer(model, n_iter=10, solver=kinabs.SolverOptions(method="stiff"))
+        program = trainer._get_program()
+        assert list(program._loss_fns) == ["main", "sensitivities"]
+        if patched:
+            program._loss_fns["main"] = _nan_gradient(program._loss_fns["main"])
+        runs[patched] = trainer.train()
+    assert runs[True].status == runs[False].status == ["ok"] * 3
+    np.testing.assert_allclose(runs[True].loss_history, runs[False].loss_history, rtol=1e-8)

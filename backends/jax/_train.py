@@ -19,6 +19,7 @@ import optax
 
 from kinabs._errors import BackendError
 from kinabs._losses import DEFAULT_TERMS
+from kinabs._options import AdjointOptions
 from kinabs._problem import FitProblem, TrainingProgram
 from kinabs.backends.jax._backend import lowered, make_adjoint, make_solver, solve_one
 
@@ -58,6 +59,10 @@ CHUNK = 25
 #: In "auto" mode, a start whose explicit solve needs more steps than this redoes the
 #: iteration with the implicit solver (Kvaerno5).
 AUTO_TRAIN_EXPLICIT_STEPS = 4096
+
+#: The last stage of every program: the previous stage's solver with forward-mode
+#: sensitivities, for starts whose loss is finite but whose reverse-mode gradient is not.
+SENSITIVITIES = "sensitivities"
 
 
 def _value_and_grad(loss_one, forward: bool):
@@ -109,8 +114,22 @@ class JaxTrainingProgram(TrainingProgram):
                                   "stiff": self._make_loss("stiff", steps)}
                 if steps > cap:
                     self._loss_fns["long"] = self._make_loss("nonstiff", steps)
+                last = "nonstiff"
             else:
                 self._loss_fns = {"main": self._make_loss(method, problem.solver.max_steps)}
+                last = method
+            #: the stages whose gradient is forward-mode (jacfwd through diffrax.ForwardMode)
+            self._forward = set(self._loss_fns) if problem.adjoint.method == "forward" \
+                else set()
+            if problem.adjoint.method != "forward":
+                # A finite loss with a NaN reverse-mode gradient: backpropagation goes
+                # through rejected trial steps too, and one whose vector field is NaN (a
+                # state a hair below 0 under a fractional power: Merkle 2016) leaks 0 * NaN
+                # through the step's where. Forward-mode sensitivities select, not multiply:
+                # the same derivative of the computed solution, without the NaN.
+                self._loss_fns[SENSITIVITIES] = self._make_loss(
+                    last, problem.solver.max_steps, adjoint=AdjointOptions("forward"))
+                self._forward.add(SENSITIVITIES)
             self._loss_fn = self._loss_fns["main"]
             self._loss_one = lambda theta: self._loss_fn(theta, True)
             self._runs: dict[tuple[str, int], Any] = {}
@@ -146,7 +165,7 @@ class JaxTrainingProgram(TrainingProgram):
         if (which, n) not in self._runs:
             from kinabs.backends.jax._program_cache import cached_jit
 
-            run = self._make_run(self._loss_fns[which])
+            run = self._make_run(self._loss_fns[which], which in self._forward)
 
             def flat(leaves, budget, probe, _treedef=treedef):
                 carry, losses = run(jax.tree.unflatten(_treedef, leaves), budget, probe)
@@ -158,12 +177,13 @@ class JaxTrainingProgram(TrainingProgram):
         return jax.tree.unflatten(treedef, new_leaves), np.asarray(losses)
 
     # -- the loss of one initialisation ----------------------------------------
-    def _make_loss(self, method: Any, max_steps: int):
-        """loss(theta, active) -> (loss, status) of one start with the given solver."""
+    def _make_loss(self, method: Any, max_steps: int, adjoint: AdjointOptions | None = None):
+        """loss(theta, active) -> (loss, status) of one start with the given solver (and
+        the problem's adjoint unless ``adjoint`` is given)."""
         pb = self.problem
         fns = lowered(pb.system)
         solver = make_solver(method)
-        adjoint = make_adjoint(pb.adjoint)
+        adjoint = make_adjoint(adjoint or pb.adjoint)
         opts = pb.solver
         base = jnp.asarray(pb.base_parameters)
         tidx = jnp.asarray(pb.train_index)
@@ -260,9 +280,9 @@ class JaxTrainingProgram(TrainingProgram):
         return loss
 
     # -- the compiled chunk -----------------------------------------------------
-    def _make_run(self, loss_fn):
+    def _make_run(self, loss_fn, forward: bool):
         opt = self.optimizer
-        vg = jax.vmap(_value_and_grad(loss_fn, self.problem.adjoint.method == "forward"))
+        vg = jax.vmap(_value_and_grad(loss_fn, forward))
         threshold = self.problem.loss_threshold
         chunk = self.chunk
 
@@ -334,7 +354,8 @@ class JaxTrainingProgram(TrainingProgram):
                 # rejected trial step whose vector field is NaN, e.g. a negative state under
                 # a fractional power, leaks NaN through the step's where into the backward
                 # pass); the implicit solver does not visit such states
-                switch = (mode == level - 1) & (status_in == 0) & np.isin(status, (1, 2, 3, 4))
+                codes = (4,) if which == SENSITIVITIES else (1, 2, 3, 4)
+                switch = (mode == level - 1) & (status_in == 0) & np.isin(status, codes)
                 done = np.where(switch, np.sum(np.isfinite(losses), axis=1), 0)
                 if switch.any():
                     mode[switch] = level
@@ -416,9 +437,10 @@ class JaxTrainingProgram(TrainingProgram):
 
 
 class _State:
-    """Training state: the compiled programs' carry and each start's solver (0 explicit,
-    1 implicit after the explicit solver failed it, 2 explicit without the step cap after
-    the implicit one failed it too)."""
+    """Training state: the compiled programs' carry and each start's stage, the index of
+    its program in ``_loss_fns`` ("auto": 0 explicit, 1 implicit after the explicit solver
+    failed it, 2 explicit without the step cap after the implicit one failed it too; last:
+    forward-mode sensitivities after a NaN reverse-mode gradient)."""
 
     __slots__ = ("carry", "mode")
 
