@@ -234,7 +234,7 @@ class ScipyReference:
         # The largest component sets the scale, and a truncated one can be far too large
         # (Borghans: 0.1 at step 1e-3, 1.2e-6 in truth): a second pass with the scale
         # of the refined gradient.
-        for _ in range(2):
+        for _pass in range(2):
             with np.errstate(all="ignore"):
                 big = {s: max(abs(st[1][s]) for st in steps) for s in DEFAULT_TERMS}
 
@@ -244,7 +244,7 @@ class ScipyReference:
             out = []
             for j, cur in enumerate(steps):
                 if not near(cur[1], cur[2]):
-                    for _ in range(FD_REFINEMENTS):
+                    for _refinement in range(FD_REFINEMENTS):
                         finer = self._differences(row, j, cur[0] / 10)
                         if near(cur[1], finer[1]):
                             break

@@ -119,9 +119,10 @@ class JaxTrainingProgram(TrainingProgram):
                 self._loss_fns = {"main": self._make_loss(method, problem.solver.max_steps)}
                 last = method
             #: the stages whose gradient is forward-mode (jacfwd through diffrax.ForwardMode)
-            self._forward = set(self._loss_fns) if problem.adjoint.method == "forward" \
-                else set()
-            if problem.adjoint.method != "forward":
+            self._forward: set[str] = set()
+            if problem.adjoint.method == "forward":
+                self._forward.update(self._loss_fns)
+            else:
                 # A finite loss with a NaN reverse-mode gradient: backpropagation goes
                 # through rejected trial steps too, and one whose vector field is NaN (a
                 # state a hair below 0 under a fractional power: Merkle 2016) leaks 0 * NaN
