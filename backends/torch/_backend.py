@@ -16,6 +16,7 @@ from kinabs._backend import Backend, RawSolution
 from kinabs._errors import BackendError
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs.backends.torch._adjoint import adjoint_rosenbrock_solve
+from kinabs.backends.torch._checkpoint import checkpointed_rosenbrock_solve
 from kinabs.backends.torch._module import Lowered, lowered
 from kinabs.backends.torch._ops import Columns, TorchOps
 from kinabs.backends.torch._solvers import (
@@ -54,14 +55,23 @@ def _stage_functions(low: Lowered, k: torch.Tensor):
     """``(rhs, jac, dfdt, rhs_jac)`` of a solve with constants ``k``, each called as
     ``f(t, y, kk)`` with ``kk`` either ``k`` itself or a subset of its rows. With step
     functions (``low.step``), the constants are prepared once per solve; otherwise ``k``
-    is split once (the generated functions read it only through ``ops.get``)."""
+    is split once (the generated functions read it only through ``ops.get``). The last
+    subset is prepared once too: a step redone for some members (``_checkpoint``) calls
+    every stage with the same subset, and under autograd one split costs one operation
+    where reading a tensor's columns one by one costs one per read."""
     step = low.step
+    prep = Columns if step is None else (lambda kk: step.columns(step.prep(kk)))
+    whole = prep(k)
+    last: list = [None, None]
+
+    def prepared(kk):
+        if kk is k:
+            return whole
+        if kk is not last[0]:
+            last[:] = [kk, prep(kk)]
+        return last[1]
+
     if step is not None:
-        q = step.columns(step.prep(k))
-
-        def prepared(kk):
-            return q if kk is k else step.columns(step.prep(kk))
-
         def rhs(t, y, kk):
             return step.rhs(t, y, prepared(kk))
 
@@ -77,26 +87,29 @@ def _stage_functions(low: Lowered, k: torch.Tensor):
                 return step.dfdt(t, y, prepared(kk))
         return rhs, jac, dfdt, rhs_jac
 
-    k_cols = Columns(k)
-
     def rhs(t, y, kk):  # noqa: F811 - the other branch returned
-        return low.fns.rhs(t, y, k_cols if kk is k else kk)
+        return low.fns.rhs(t, y, prepared(kk))
 
     def jac(t, y, kk):  # noqa: F811
-        return low.jac(t, y, k_cols if kk is k else kk)
+        return low.jac(t, y, prepared(kk))
 
     dfdt = None
     if low.dfdt is not None:
         def dfdt(t, y, kk):  # noqa: F811
-            return low.dfdt(t, y, k_cols if kk is k else kk)
+            return low.dfdt(t, y, prepared(kk))
     return rhs, jac, dfdt, None
+
+
+def _wants_gradient(y0: torch.Tensor, k: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (y0.requires_grad or k.requires_grad)
 
 
 def _discrete_adjoint(low: Lowered, y0: torch.Tensor, k: torch.Tensor):
     """The adjoint functions when a Rosenbrock solve's gradient can be a discrete adjoint
     (``_adjoint``: autonomous systems with step functions, gradients wanted), else None
-    (autograd through the steps)."""
-    if not (torch.is_grad_enabled() and (y0.requires_grad or k.requires_grad)):
+    (each accepted step redone with autograd, ``_checkpoint``, when gradients are
+    wanted)."""
+    if not _wants_gradient(y0, k):
         return None
     if low.step is None or low.step.dfdt is not None:
         return None
@@ -141,6 +154,10 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
             return adjoint_rosenbrock_solve(low.step, adj, times, t0, y0, k, tableau=tab,
                                             max_steps=opts.max_steps, breaks=breaks,
                                             **common)
+        if _wants_gradient(y0, k):
+            return checkpointed_rosenbrock_solve(
+                rhs, jac, dfdt, rhs_jac, times, t0, y0, k, tableau=tab,
+                max_steps=opts.max_steps, breaks=breaks, **common)
         return rosenbrock_solve(rhs, jac, dfdt, times, t0, y0, k, max_steps=opts.max_steps,
                                 tableau=tab, rhs_jac=rhs_jac, breaks=breaks, **common)
 

@@ -36,7 +36,7 @@ from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
 
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
-    "Tape", "TapeStep", "single_threaded",
+    "Tape", "TapeStep", "Checkpoint", "single_threaded", "step_function",
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -170,6 +170,17 @@ def _attempt(tab: RosenbrockTableau, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac=N
     return yi + stages[-1], _unless_singular(stages[-1], jy)
 
 
+def step_function(tab: RosenbrockTableau, rhs, jac, dfdt, rhs_jac, like: torch.Tensor):
+    """``step(t, y, k, h) -> y_new``: one Rosenbrock step as :func:`rosenbrock_solve`
+    takes it when autograd is on or ``dfdt`` is given (for redoing recorded steps)."""
+    coef = _coefficients(tab, like)
+
+    def step(t, y, k, h):
+        return _attempt(tab, coef, rhs, jac, dfdt, t, y, k, h, rhs_jac)[0]
+
+    return step
+
+
 def _unless_singular(err: torch.Tensor, jy: torch.Tensor) -> torch.Tensor:
     """``err``, NaN (a rejected step) for members whose Jacobian is not finite. With
     ``J = -inf`` (``A**0.5`` at ``A = 0``) ``W^-1`` is 0: every stage is zero, the step
@@ -300,9 +311,16 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
     _advance_saves(nxt, snap_idx, ts_np, t, np.ones(b, bool), 0)
     y = y0
     coef = _coefficients(tableau, y0)
-    fast = rhs_jac is not None and dfdt is None and not torch.is_grad_enabled()
-    if tape is not None and not fast:
+    # a full tape (the discrete adjoint) records what _attempt_nograd computes; a light
+    # one (checkpoints) records each step's start, to redo it with _attempt: the same
+    # function in both passes, so the redone step is the forward's to the last bit
+    light = tape is not None and not tape.full
+    fast = (rhs_jac is not None and dfdt is None and not torch.is_grad_enabled()
+            and not light)
+    if tape is not None and not (fast or light):
         raise ValueError("a tape needs rhs_jac, an autonomous system and autograd off")
+    if light and torch.is_grad_enabled():
+        raise ValueError("a tape of checkpoints needs autograd off")
     mix = mixing(tableau, dt, dev) if fast else None
     nonfinite = np.zeros(b, dtype=bool)
     # the jump times, then inf: "the next jump after t" always exists
@@ -342,7 +360,9 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
                 y = y.index_put((idx,), y_sub)
             else:
                 mask = torch.as_tensor(accept, device=dev)
-                if tape is not None:
+                if light:
+                    tape.steps.append(Checkpoint(mask, th, hh, y))
+                elif tape is not None:
                     tape.steps.append(TapeStep(mask, hh, y, *out[2]))
                 y = torch.where(mask[:, None], y_new, y)
             t_end = np.where(to_break, np.nextafter(nb, np.inf), t_target)
@@ -394,10 +414,26 @@ class TapeStep:
 
 
 @dataclass
-class Tape:
-    """What :func:`rosenbrock_solve` records for a discrete adjoint: the accepted
-    steps, and which snapshot (0: the initial state) each save time took."""
+class Checkpoint:
+    """One loop iteration in which some members accepted, as a light tape records it:
+    ``accept`` (B,) which did, from time ``t`` (B,) and state ``y`` with step ``h`` (B,);
+    ``snap`` as in :class:`TapeStep`. Enough to redo the step (``_checkpoint``)."""
 
+    accept: torch.Tensor
+    t: torch.Tensor
+    h: torch.Tensor
+    y: torch.Tensor
+    snap: int = -1
+
+
+@dataclass
+class Tape:
+    """What :func:`rosenbrock_solve` records for a gradient: the accepted steps, and
+    which snapshot (0: the initial state) each save time took. ``full``: every stage
+    (:class:`TapeStep`, for the discrete adjoint); else each step's start only
+    (:class:`Checkpoint`)."""
+
+    full: bool = True
     steps: list = field(default_factory=list)
     snap_idx: np.ndarray | None = None
     n_snaps: int = 0
