@@ -150,3 +150,20 @@ def test_checkpointed_gradient_with_a_failing_member(monkeypatch):
 def test_module_example():
     failures, tried = doctest.testmod(_checkpoint)
     assert tried > 0 and failures == 0
+
+
+@pytest.mark.parametrize("model_name", ["ramp", "serine"])
+def test_second_derivatives_raise_rather_than_come_out_wrong(model, model_name):
+    """Neither the checkpoints (ramp) nor the discrete adjoint (serine) differentiate
+    their own backward pass: asking for a second derivative raises."""
+    system = kinabs.lower(ramp_model() if model_name == "ramp" else model)
+    low = lowered(system)
+    p = torch.as_tensor(system.parameter_defaults[None]).requires_grad_(True)
+    y0, k = low.fns.init(torch.tensor(0.0, dtype=F64), p)
+    ys, _, _ = torch_backend.solve(low, torch.tensor([1.0, 2.0], dtype=F64), 0.0, y0, k,
+                                   solver=kinabs.SolverOptions(method="stiff"))
+    # a loss linear in the solution: its gradient's own graph would not see the solve
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(ys.sum() + (p ** 2).sum(), p, create_graph=True)
+    (grad,) = torch.autograd.grad(ys.sum(), p)  # first derivatives are fine
+    assert torch.isfinite(grad).all()

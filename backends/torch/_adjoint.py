@@ -37,7 +37,13 @@ import numpy as np
 import torch
 
 from kinabs.backends.torch._ops import Columns
-from kinabs.backends.torch._solvers import Tape, mixing, rosenbrock_solve, single_threaded
+from kinabs.backends.torch._solvers import (
+    Tape,
+    first_derivatives_only,
+    mixing,
+    rosenbrock_solve,
+    single_threaded,
+)
 
 __all__ = ["adjoint_rosenbrock_solve"]
 
@@ -59,6 +65,7 @@ class _Solve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys):  # noqa: D102
+        first_derivatives_only()
         with single_threaded(grad_ys[:, 0]), torch.inference_mode():
             y_bar, q_bar, *rest = _backward(ctx, grad_ys)
         return (y_bar.clone(), q_bar.clone(), *rest)

@@ -45,6 +45,7 @@ import torch
 from kinabs.backends.torch._solvers import (
     RODAS5,
     Tape,
+    first_derivatives_only,
     rosenbrock_solve,
     single_threaded,
     step_function,
@@ -65,6 +66,7 @@ class _Solve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys):  # noqa: D102
+        first_derivatives_only()
         (k,) = ctx.saved_tensors
         with single_threaded(grad_ys[:, 0]):
             y_bar, k_bar = _backward(ctx.tape, ctx.run, k.detach(), grad_ys)

@@ -3,8 +3,9 @@
 Every solver takes batched tensors (``y0``: (B, S), ``k``: (B, K)) and returns
 ``(ys (B, T, S), status (B,) numpy, steps (B,) numpy)`` with status codes of
 ``kinabs._backend.STATUS``. Save times are hit exactly (steps are clipped to them), so no
-dense output is needed. Gradients flow by autograd through the accepted steps; step-size
-decisions are not differentiated (as in diffrax).
+dense output is needed. Gradients flow by autograd through the accepted steps (or, with
+a tape, by ``_adjoint`` or ``_checkpoint``); step-size decisions are not differentiated
+(as in diffrax).
 
 The Rosenbrock solver gives each batch member its own time and step size; one loop
 advances all members together (finished ones are masked), so the number of torch
@@ -37,6 +38,7 @@ from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
     "Tape", "TapeStep", "Checkpoint", "single_threaded", "step_function",
+    "first_derivatives_only",
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
@@ -118,6 +120,19 @@ def single_threaded(x: torch.Tensor):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def first_derivatives_only() -> None:
+    """Called first in the backward pass of a solve's own gradient (``_adjoint``,
+    ``_checkpoint``): those passes are not differentiable themselves, so a second
+    derivative through them (``create_graph=True``, which runs the backward with grad
+    mode on) would silently miss the solve's part. Raise instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "kinabs' torch Rosenbrock solves give first derivatives only, and a backward "
+            "pass with create_graph=True asked for more (a Hessian or a gradient "
+            "penalty). Use the JAX backend for second derivatives, or solve with "
+            "SolverOptions(method='nonstiff') (torchdiffeq, plain autograd).")
 
 
 def _inverse(w: torch.Tensor) -> torch.Tensor:

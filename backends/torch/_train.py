@@ -16,7 +16,8 @@ it on JAX. A member is frozen by leaving its gradient ``None``: torch.optim opti
 such tensors entirely (no momentum step, no state change); its values are also restored
 after the step, for optimisers that do not skip.
 
-Gradients flow by autograd through the accepted steps of the solver. The state is
+Gradients are those of the accepted steps of the solver (``_backend.solve``: a discrete
+adjoint, steps redone with autograd, or autograd through torchdiffeq). The state is
 copied at the start of :meth:`TorchTrainingProgram.run`, so a state kept in a
 :class:`~kinabs.TrainingResults` can be resumed more than once, as on JAX.
 
