@@ -167,3 +167,29 @@ def test_second_derivatives_raise_rather_than_come_out_wrong(model, model_name):
         torch.autograd.grad(ys.sum() + (p ** 2).sum(), p, create_graph=True)
     (grad,) = torch.autograd.grad(ys.sum(), p)  # first derivatives are fine
     assert torch.isfinite(grad).all()
+
+
+def test_training_a_time_dependent_model_matches_jax():
+    """Training on torch goes through the checkpoints (the ramp has no discrete adjoint):
+    the same Adam iterations as on JAX give the same loss curves. Data from a DataFrame
+    (read-only values) train without warnings."""
+    import warnings
+
+    import pandas as pd
+
+    m = ramp_model()
+    ts = np.linspace(0.5, 6.0, 12)
+    sim = kinabs.simulate(m, ts, solver=kinabs.SolverOptions(rtol=1e-10, atol=1e-12))
+    data = pd.DataFrame(sim.values[0] * [1.1, 0.9], index=pd.Index(ts, name="time"),
+                        columns=["A", "B"])
+    curves = {}
+    for backend in ("jax", "torch"):
+        tr = kinabs.Trainer(model=m, data=data, backend=backend, n_iter=15, progress=False)
+        tr.latinhypercube_sampling(m.parameter_values(), lower_bound=0.3, upper_bound=3,
+                                   N=2, seed=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            curves[backend] = tr.train().loss_history
+    assert np.all(np.isfinite(curves["torch"]))
+    assert np.all(curves["torch"][:, -1] < curves["torch"][:, 0])
+    np.testing.assert_allclose(curves["torch"], curves["jax"], rtol=1e-5)

@@ -237,7 +237,9 @@ class TorchTrainingProgram(TrainingProgram):
         self._low = lowered(pb.system, _DEVICE, _DTYPE)
 
         def tensor(a, dtype=_DTYPE):
-            return torch.as_tensor(np.asarray(a), dtype=dtype, device=_DEVICE)
+            # a copy: the problem's arrays may be read-only views (of a DataFrame's
+            # values), which torch warns about sharing
+            return torch.tensor(np.asarray(a), dtype=dtype, device=_DEVICE)
 
         self._base = tensor(pb.base_parameters)
         self._tidx = tensor(pb.train_index, torch.int64)
