@@ -24,3 +24,17 @@ def robertson_model() -> kinabs.Model:
                                   (R("y2"), R("y3"))),
         },
     )
+
+
+def forced_model(model_id: str, factor) -> kinabs.Model:
+    """A -> B at rate k A factor(t), B removed at rate kb B^2: a rate forced by a
+    function of time (``factor``, a sympy expression in ``kinabs._model.TIME``)."""
+    return kinabs.Model(
+        id=model_id,
+        compartments={"c": kinabs.Compartment("c", 1.0)},
+        species={"A": kinabs.Species("A", "c", initial_concentration=2.0),
+                 "B": kinabs.Species("B", "c", initial_concentration=0.1)},
+        parameters={"k": kinabs.Parameter("k", 0.3), "kb": kinabs.Parameter("kb", 0.2)},
+        reactions={"r": kinabs.Reaction("r", sym("k") * sym("A") * factor, (R("A"),), (R("B"),)),
+                   "d": kinabs.Reaction("d", sym("kb") * sym("B") ** 2, (R("B"),), ())},
+    )

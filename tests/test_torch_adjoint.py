@@ -22,7 +22,7 @@ from kinabs.backends.torch import _backend as torch_backend  # noqa: E402
 from kinabs.backends.torch import lowered  # noqa: E402
 from kinabs.backends.torch._ops import Columns  # noqa: E402
 from kinabs.backends.torch._stepfns import adjoint_functions  # noqa: E402
-from tests._models import robertson_model  # noqa: E402
+from tests._models import forced_model, robertson_model  # noqa: E402
 
 R = kinabs.SpeciesReference
 
@@ -32,16 +32,7 @@ def switch_model() -> kinabs.Model:
     factor (d rhs / dt = 0), so the solve counts as autonomous and uses the adjoint."""
     from kinabs._model import TIME
 
-    factor = sympy.Piecewise((1.0, TIME < 2.0), (2.0, True))
-    return kinabs.Model(
-        id="switch",
-        compartments={"c": kinabs.Compartment("c", 1.0)},
-        species={"A": kinabs.Species("A", "c", initial_concentration=2.0),
-                 "B": kinabs.Species("B", "c", initial_concentration=0.1)},
-        parameters={"k": kinabs.Parameter("k", 0.3), "kb": kinabs.Parameter("kb", 0.2)},
-        reactions={"r": kinabs.Reaction("r", sym("k") * sym("A") * factor, (R("A"),), (R("B"),)),
-                   "d": kinabs.Reaction("d", sym("kb") * sym("B") ** 2, (R("B"),), ())},
-    )
+    return forced_model("switch", sympy.Piecewise((1.0, TIME < 2.0), (2.0, True)))
 
 
 def power_model(n: float = 1.0000000000001) -> kinabs.Model:

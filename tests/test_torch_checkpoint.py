@@ -20,6 +20,7 @@ pytest.importorskip("torchdiffeq")
 
 from kinabs.backends.torch import _backend as torch_backend  # noqa: E402
 from kinabs.backends.torch import _checkpoint, lowered  # noqa: E402
+from tests._models import forced_model  # noqa: E402
 
 R = kinabs.SpeciesReference
 F64 = torch.float64
@@ -28,31 +29,27 @@ F64 = torch.float64
 def ramp_model() -> kinabs.Model:
     """A -> B at rate k A u(t), u a ramp that stops rising at t = 2 (a kink: a time
     break), and B removed at rate kb B^2. d rhs/dt != 0, so there is no discrete adjoint."""
-    u = sympy.Piecewise((0.5 + TIME, TIME < 2.0), (2.5, True))
-    return kinabs.Model(
-        id="ramp",
-        compartments={"c": kinabs.Compartment("c", 1.0)},
-        species={"A": kinabs.Species("A", "c", initial_concentration=2.0),
-                 "B": kinabs.Species("B", "c", initial_concentration=0.1)},
-        parameters={"k": kinabs.Parameter("k", 0.3), "kb": kinabs.Parameter("kb", 0.2)},
-        reactions={"r": kinabs.Reaction("r", sym("k") * sym("A") * u, (R("A"),), (R("B"),)),
-                   "d": kinabs.Reaction("d", sym("kb") * sym("B") ** 2, (R("B"),), ())},
-    )
+    return forced_model("ramp", sympy.Piecewise((0.5 + TIME, TIME < 2.0), (2.5, True)))
 
 
-def _run(low, p, y_scale, solver, *, plain, monkeypatch, ts=None):
+def _spy(monkeypatch) -> list:
+    """A list that gets an entry for each checkpointed solve ``solve`` makes."""
+    calls: list = []
+    real = _checkpoint.checkpointed_rosenbrock_solve
+    monkeypatch.setattr(torch_backend, "checkpointed_rosenbrock_solve",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+def _run(low, p, y_scale, solver, *, plain, monkeypatch):
     """Loss, solution, gradients by the parameters and the initial state, status."""
-    calls = []
+    calls = _spy(monkeypatch)
     if plain:  # autograd through every attempt, the whole graph kept
         monkeypatch.setattr(torch_backend, "_wants_gradient", lambda y0, k: False)
-    else:
-        real = _checkpoint.checkpointed_rosenbrock_solve
-        monkeypatch.setattr(torch_backend, "checkpointed_rosenbrock_solve",
-                            lambda *a, **kw: calls.append(1) or real(*a, **kw))
     p = p.clone().requires_grad_(True)
     y0, k = low.fns.init(torch.tensor(0.0, dtype=F64), p)
     y0 = (y0 * y_scale).detach().requires_grad_(True)
-    ts = torch.linspace(0.5, 6.0, 9, dtype=F64) if ts is None else ts
+    ts = torch.linspace(0.5, 6.0, 9, dtype=F64)
     ys, status, _ = torch_backend.solve(low, ts, 0.0, y0, k, solver=solver)
     weights = torch.linspace(1.0, 2.0, ys.shape[1], dtype=F64)[None, :, None]
     loss = (torch.nan_to_num(ys) ** 2 * weights).sum()
@@ -112,10 +109,7 @@ def test_checkpointed_gradient_is_the_analytic_one(step_functions, monkeypatch):
     y0, k = low.fns.init(torch.tensor(0.0, dtype=F64), p)
     y0 = y0.detach().requires_grad_(True)
     ts = torch.tensor([1.0, 2.5], dtype=F64)
-    calls = []
-    real = _checkpoint.checkpointed_rosenbrock_solve
-    monkeypatch.setattr(torch_backend, "checkpointed_rosenbrock_solve",
-                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = _spy(monkeypatch)
     solver = kinabs.SolverOptions(method="stiff", rtol=1e-11, atol=1e-13)
     ys, status, _ = torch_backend.solve(low, ts, 0.0, y0, k, solver=solver)
     assert calls == [1] and np.all(status == 0)
