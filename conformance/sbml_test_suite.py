@@ -113,7 +113,7 @@ def scipy_reference(model, times: np.ndarray, outputs: list, *, t0: float = 0.0)
     from scipy.integrate import solve_ivp
 
     import kinabs
-    from kinabs._ops import numpy_ops
+    from kinabs._lowering.ops import numpy_ops
 
     system = kinabs.lower(model)
     fns = system.generated.bind(numpy_ops())

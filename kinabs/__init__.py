@@ -16,10 +16,8 @@ Example:
 from kinabs import ratelaws
 from kinabs._backend import Backend, get_backend
 from kinabs._builder import ModelBuilder
-from kinabs._conformance import ConformanceTolerances, check_conformance
-from kinabs._conformance_report import ConformanceReport
-from kinabs._dask import DaskError, dask_client
-from kinabs._data import Experiment, TrainingData
+from kinabs._conformance.check import ConformanceTolerances, check_conformance
+from kinabs._conformance.report import ConformanceReport
 from kinabs._errors import (
     BackendError,
     DataError,
@@ -29,6 +27,12 @@ from kinabs._errors import (
     SimulationError,
     UnsupportedFeatureError,
 )
+from kinabs._fit.dask import DaskError, dask_client
+from kinabs._fit.data import Experiment, TrainingData
+from kinabs._fit.results import TrainingResults
+from kinabs._fit.run_folder import RunFolder, RunFolderError
+from kinabs._fit.trainer import Trainer, exponentiate_parameters, log_transform_parameters
+from kinabs._lowering.system import OdeSystem, lower
 from kinabs._model import (
     AVOGADRO,
     TIME,
@@ -41,11 +45,7 @@ from kinabs._model import (
 )
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._paths import example_data_path, example_model_path
-from kinabs._results import TrainingResults
-from kinabs._run_folder import RunFolder, RunFolderError
 from kinabs._simulate import SimulationResult, amount, concentration, simulate
-from kinabs._system import OdeSystem, lower
-from kinabs._trainer import Trainer, exponentiate_parameters, log_transform_parameters
 from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """The backend protocol and backend selection.
 
-A backend lowers an :class:`~kinabs._system.OdeSystem` to its native arrays and solves it.
+A backend lowers an :class:`~kinabs._lowering.system.OdeSystem` to its native arrays and solves it.
 Backends live in ``kinabs.backends.<name>`` (the top-level ``backends/`` folder) and are
 imported lazily, so ``import kinabs`` imports neither jax nor torch.
 
@@ -53,7 +53,7 @@ class Backend(ABC):
 
     @abstractmethod
     def ops(self) -> Any:
-        """The backend's operator table (a :class:`kinabs._ops.ArrayApiOps`)."""
+        """The backend's operator table (a :class:`kinabs._lowering.ops.ArrayApiOps`)."""
 
     @abstractmethod
     def simulate(

@@ -3,7 +3,7 @@
 ``kinabs fit`` fits a model to data (the bundled serine example by default), shows
 progress, writes the results tables and two plots to an output folder and prints the
 best fit. ``kinabs simulate`` writes a simulation as CSV. ``kinabs conformance`` checks that
-the backends agree on a model (see :mod:`kinabs._conformance_cli`).
+the backends agree on a model (see :mod:`kinabs._conformance.cli`).
 
 Example:
     $ kinabs fit --n-iter 300 --inits 5 --out kinabs-fit
@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("jax", "torch"), default=None)
     s.add_argument("--out", default=None)
     s.set_defaults(func=_simulate)
-    from kinabs._conformance_cli import add_conformance_parser
+    from kinabs._conformance.cli import add_conformance_parser
 
     add_conformance_parser(sub)
     return p

@@ -5,7 +5,7 @@ SBML's meaning (compartments, species in amounts or concentrations, parameters, 
 rules) with every piece of math as a sympy expression whose free symbols are model ids,
 :data:`TIME`, or local parameter ids of the form ``"<reaction id>.<local id>"``.
 
-Conventions (the lowering in ``kinabs._system`` relies on them):
+Conventions (the lowering in ``kinabs._lowering.system`` relies on them):
 
 * A species symbol stands for its *concentration* unless ``has_only_substance_units`` is
   true, in which case it stands for its *amount* (SBML semantics).

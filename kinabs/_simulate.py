@@ -19,9 +19,9 @@ import numpy as np
 
 from kinabs._backend import STATUS, get_backend
 from kinabs._errors import DataError, SimulationError
+from kinabs._lowering.system import OdeSystem, lower
 from kinabs._model import Model
 from kinabs._options import SolverOptions
-from kinabs._system import OdeSystem, lower
 
 __all__ = ["simulate", "SimulationResult", "amount", "concentration", "as_system"]
 

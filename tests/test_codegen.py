@@ -1,4 +1,4 @@
-"""kinabs._codegen: outputs generated for a subset of a system's outputs.
+"""kinabs._lowering.codegen: outputs generated for a subset of a system's outputs.
 
 An output nobody measures must not reach the gradient: ``log(offset + scale * x)`` with
 offset and scale 0 (an unused observable of Hass_PONE2017) is ``-inf``, and its zero
@@ -13,8 +13,8 @@ import pytest
 import sympy
 
 import kinabs
-from kinabs import _conformance_backends as cb
-from kinabs._ops import numpy_ops
+from kinabs._conformance import backends as cb
+from kinabs._lowering.ops import numpy_ops
 
 
 def _model():
@@ -75,7 +75,7 @@ def test_unused_infinite_observable_leaves_the_gradient_finite(backend, space):
 
 # -- jumps at fixed times ------------------------------------------------------------------
 def test_time_breaks_are_the_fixed_times_of_relations_of_time_alone():
-    from kinabs._codegen import time_breaks
+    from kinabs._lowering.codegen import time_breaks
     from kinabs._model import TIME
 
     k = sympy.Symbol("@k0")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import kinabs
-from kinabs import _conformance_backends as cb
 from kinabs._cli import main
-from kinabs._conformance_reference import ScipyReference
+from kinabs._conformance import backends as cb
+from kinabs._conformance.reference import ScipyReference
 
 pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
@@ -208,7 +208,7 @@ def test_loss_floor_bounds_the_change_trajectory_differences_can_make(space):
 
     import array_api_compat.numpy as xp
 
-    from kinabs._conformance import _loss_floor
+    from kinabs._conformance.check import _loss_floor
     from kinabs._losses import DEFAULT_TERMS
 
     rng = np.random.default_rng(0)
@@ -255,7 +255,7 @@ def test_trajectory_differences_that_shrink_with_rtol_agree():
 def test_trajectory_differences_that_do_not_shrink_disagree(monkeypatch):
     """The same differences at the tighter tolerance (as a lowering difference would be):
     a disagreement."""
-    from kinabs import _conformance as conf
+    from kinabs._conformance import check as conf
 
     real = conf._trajectories
     first = []

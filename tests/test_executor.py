@@ -96,7 +96,7 @@ def test_thread_pool_executor_gives_the_same_results(trainer, reference):
 
 
 def test_a_chunk_that_raises_is_retried(trainer, reference, monkeypatch):
-    from kinabs import _executor
+    from kinabs._fit import executor as _executor
 
     real, calls = _executor._execute, []
 
@@ -192,7 +192,7 @@ def test_a_chunk_whose_starts_all_fail_is_reported_not_retried(model, tmp_path, 
 def test_a_worker_process_builds_each_fit_once(trainer):
     """Tasks of one fit share the worker's trainer and program (traced and compiled once
     per process); another fit gets its own."""
-    from kinabs import _executor
+    from kinabs._fit import executor as _executor
 
     spec = _executor._dumps(_executor._spec(trainer))
     rows = trainer.parameter_sets.to_numpy()[:2]

@@ -1,4 +1,4 @@
-"""The symbolic Jacobian (kinabs._jacobian) against finite differences and jax.jacfwd."""
+"""The symbolic Jacobian (kinabs._lowering.jacobian) against finite differences and jax.jacfwd."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sympy
 
 import kinabs
 from kinabs._errors import UnsupportedFeatureError
-from kinabs._jacobian import generate_jacobian, jacobian_entries
+from kinabs._lowering.jacobian import generate_jacobian, jacobian_entries
+from kinabs._lowering.ops import Rem, numpy_ops
 from kinabs._model import TIME, sym
-from kinabs._ops import Rem, numpy_ops
 from tests._models import robertson_model  # noqa: E402
 
 R = kinabs.SpeciesReference

@@ -1,4 +1,4 @@
-"""Every backend's operator table covers kinabs._ops.OPERATIONS and agrees with numpy,
+"""Every backend's operator table covers kinabs._lowering.ops.OPERATIONS and agrees with numpy,
 operation by operation and on random expression trees printed by kinabs' own printer."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sympy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinabs._codegen import _Printer
-from kinabs._ops import OPERATIONS, Quotient, Rem, numpy_ops
+from kinabs._lowering.codegen import _Printer
+from kinabs._lowering.ops import OPERATIONS, Quotient, Rem, numpy_ops
 
 
 def _backends():

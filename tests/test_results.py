@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kinabs._results import TrainingResults
+from kinabs._fit.results import TrainingResults
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

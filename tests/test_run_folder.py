@@ -10,7 +10,7 @@ import pytest
 
 import kinabs
 from kinabs import RunFolder, RunFolderError
-from kinabs._run_folder import ChunkTable
+from kinabs._fit.run_folder import ChunkTable
 
 NAMES = ["k1", "k2"]
 
@@ -116,7 +116,7 @@ def test_a_damaged_chunk_counts_as_missing(tmp_path):
 def test_docstring_example_runs():
     import doctest
 
-    from kinabs import _run_folder
+    from kinabs._fit import run_folder as _run_folder
 
     failures, tried = doctest.testmod(_run_folder)
     assert tried >= 2 and failures == 0

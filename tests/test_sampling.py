@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import kinabs
-from kinabs._sampling import latin_hypercube
+from kinabs._fit.sampling import latin_hypercube
 
 BASE = {"k1": 1.0, "k2": 2.5, "k3": 0.004, "k4": -3.0}
 

@@ -7,8 +7,8 @@ import sympy
 import kinabs
 from kinabs import Compartment, Model, Parameter, Reaction, Species
 from kinabs import SpeciesReference as Ref
+from kinabs._lowering.ops import numpy_ops
 from kinabs._model import TIME, sym
-from kinabs._ops import numpy_ops
 
 
 def bound(model):

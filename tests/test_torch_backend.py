@@ -263,7 +263,7 @@ def test_vector_field_module_behaviour():
     y0, k = field.initial()
     dy = field(torch.tensor(0.0, dtype=torch.float64), y0)
     system = field.system
-    from kinabs._ops import numpy_ops
+    from kinabs._lowering.ops import numpy_ops
 
     f = system.generated.bind(numpy_ops())
     np.testing.assert_allclose(dy.detach().numpy(), f.rhs(0.0, y0.detach().numpy(),

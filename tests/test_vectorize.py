@@ -1,4 +1,4 @@
-"""Vectorised code generation (kinabs._vectorize): groups of rate laws of one shape print
+"""Vectorised code generation (kinabs._lowering.vectorize): groups of rate laws of one shape print
 as one array expression, and must give the same numbers as one expression per rate,
 including where a group uses time or a parameter that every member shares."""
 

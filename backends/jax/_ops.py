@@ -1,15 +1,15 @@
-"""The operator table on jax.numpy (see ``kinabs._ops``)."""
+"""The operator table on jax.numpy (see ``kinabs._lowering.ops``)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import jax.scipy.special as jsp
 
-from kinabs._ops import ArrayApiOps
+from kinabs._lowering.ops import ArrayApiOps
 
 
 class JaxOps(ArrayApiOps):
-    """:class:`kinabs._ops.ArrayApiOps` on ``jax.numpy``; adds the gamma function."""
+    """:class:`kinabs._lowering.ops.ArrayApiOps` on ``jax.numpy``; adds the gamma function."""
 
     def __init__(self) -> None:
         super().__init__(jnp)

@@ -46,7 +46,7 @@ def program_key(*parts: Any) -> str:
     return h.hexdigest()[:32]
 
 
-_SOURCES = ("kinabs/_losses.py", "kinabs/_ops.py", "kinabs/_codegen.py", "kinabs/_vectorize.py",
+_SOURCES = ("kinabs/_losses.py", "kinabs/_lowering/ops.py", "kinabs/_lowering/codegen.py", "kinabs/_lowering/vectorize.py",
             "kinabs/backends/jax/_train.py",
             "kinabs/backends/jax/_backend.py", "kinabs/backends/jax/_ops.py",
             "kinabs/backends/jax/_program_cache.py")

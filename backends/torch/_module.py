@@ -56,7 +56,7 @@ def lowered(system, device: Any = None, dtype: torch.dtype = torch.float64) -> L
         ops = TorchOps(device, dtype)
         fns = system.generated.bind(ops)
         try:
-            from kinabs._jacobian import generate_jacobian
+            from kinabs._lowering.jacobian import generate_jacobian
             from kinabs.backends.torch._stepfns import step_functions
 
             bound = generate_jacobian(system).bind(ops)

@@ -1,6 +1,6 @@
-"""The operator table on torch (see ``kinabs._ops``).
+"""The operator table on torch (see ``kinabs._lowering.ops``).
 
-:class:`TorchOps` is :class:`kinabs._ops.ArrayApiOps` over the ``array_api_compat.torch``
+:class:`TorchOps` is :class:`kinabs._lowering.ops.ArrayApiOps` over the ``array_api_compat.torch``
 namespace, with constants made on one device and in one floating dtype (float64 unless
 asked otherwise), the gamma function, and direct torch calls for the operations a
 right-hand side calls most (the compat wrappers cost a Python call each, and eager
@@ -24,7 +24,7 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
-from kinabs._ops import ArrayApiOps
+from kinabs._lowering.ops import ArrayApiOps
 
 __all__ = ["TorchOps", "Columns"]
 
@@ -46,7 +46,7 @@ class Columns:
 
 
 class TorchOps(ArrayApiOps):
-    """:class:`kinabs._ops.ArrayApiOps` on torch, on ``device`` and in ``dtype``."""
+    """:class:`kinabs._lowering.ops.ArrayApiOps` on torch, on ``device`` and in ``dtype``."""
 
     def __init__(self, device: Any = None, dtype: torch.dtype = torch.float64) -> None:
         if dtype not in (torch.float64, torch.float32):

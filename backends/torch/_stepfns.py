@@ -3,7 +3,7 @@
 Eager torch costs a few microseconds per operation whatever the tensor size, and on small
 models (serine: 2 states, 3 reactions) a solve is thousands of tiny operations. These
 functions compute the same mathematics as the generated ``rhs`` and the symbolic Jacobian
-(``kinabs._codegen``, ``kinabs._jacobian``) with far fewer operations per call:
+(``kinabs._lowering.codegen``, ``kinabs._lowering.jacobian``) with far fewer operations per call:
 
 * **constants hoisted**: every subexpression that depends only on the constants ``k``
   (``k11 / k1``, ``1 + k12 / k3``, the product of a rate's constant factors, the
@@ -16,7 +16,7 @@ functions compute the same mathematics as the generated ``rhs`` and the symbolic
   (``Tensor.__rtruediv__`` is a Python function), states are split with one ``unbind``.
 
 Used for small systems only (see :data:`MAX_TERMS`, :data:`SMALL_TERMS`): larger ones
-keep the generated code, vectorised (``kinabs._vectorize``) where rate laws share a
+keep the generated code, vectorised (``kinabs._lowering.vectorize``) where rate laws share a
 shape, whose size grows with the number of shapes rather than reactions. Mathematically
 the same functions, so results agree with the generated ones to rounding (the order of
 some products differs).
@@ -42,13 +42,13 @@ import numpy as np
 import sympy
 import torch
 
-from kinabs._codegen import MIN_GROUP, _block, _Printer
 from kinabs._errors import UnsupportedFeatureError
-from kinabs._jacobian import jacobian_entries
+from kinabs._lowering.codegen import MIN_GROUP, _block, _Printer
+from kinabs._lowering.jacobian import jacobian_entries
+from kinabs._lowering.powers import guard_powers
+from kinabs._lowering.system import k_symbol, p_symbol, y_symbol
+from kinabs._lowering.vectorize import group_by_template
 from kinabs._model import TIME
-from kinabs._powers import guard_powers
-from kinabs._system import k_symbol, p_symbol, y_symbol
-from kinabs._vectorize import group_by_template
 from kinabs.backends.torch._ops import Columns, TorchOps
 
 __all__ = ["StepFunctions", "AdjointFunctions", "step_functions", "adjoint_functions",

@@ -7,7 +7,7 @@ data as tables: initial and final parameters per initialisation, the loss histor
 
 Example:
     >>> import numpy as np, pandas as pd
-    >>> from kinabs._results import TrainingResults
+    >>> from kinabs._fit.results import TrainingResults
     >>> r = TrainingResults(parameters=pd.DataFrame({"k": [1.0, 2.0]}),
     ...     initial_parameters=pd.DataFrame({"k": [0.5, 3.0]}),
     ...     loss_history=np.array([[1.0, 0.1], [2.0, 0.5]]), status=["ok", "ok"],
@@ -164,14 +164,14 @@ class TrainingResults:
     # -- plots ------------------------------------------------------------------------------
     def plot_loss(self, path: str | Path | None = None, *, ax: Any = None):
         """Loss per iteration of every initialisation on a log scale (PNG if ``path``)."""
-        from kinabs._plots import plot_loss
+        from kinabs._fit.plots import plot_loss
 
         return plot_loss(self, path=path, ax=ax)
 
     def plot_fit(self, path: str | Path | None = None, *, model: Any = None, data: Any = None,
                  index: int | None = None):
         """Data points against the simulated curves of the best fit (or start ``index``)."""
-        from kinabs._plots import plot_fit
+        from kinabs._fit.plots import plot_fit
 
         return plot_fit(self, path=path, model=model, data=data, index=index)
 

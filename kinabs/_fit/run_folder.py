@@ -292,7 +292,7 @@ def assemble(chunks: list[ChunkTable], names: list[str], meta: dict[str, Any]):
     """One :class:`TrainingResults` from chunk tables in start order."""
     import pandas as pd
 
-    from kinabs._results import TrainingResults
+    from kinabs._fit.results import TrainingResults
 
     chunks = sorted(chunks, key=lambda c: c.first)
     initial = np.concatenate([c.initial for c in chunks])

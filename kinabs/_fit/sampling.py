@@ -6,7 +6,7 @@ uniform between the bounds by default (as the seed does) or log-uniform with
 ``log=True``, which spreads starts evenly over orders of magnitude.
 
 Example:
-    >>> from kinabs._sampling import latin_hypercube
+    >>> from kinabs._fit.sampling import latin_hypercube
     >>> df = latin_hypercube({"k1": 1.0, "k2": 2.0}, lower_bound=0.1, upper_bound=10, n=4,
     ...                      seed=0)
     >>> df.shape, bool((df["k2"] >= 0.2).all() and (df["k2"] <= 20).all())

@@ -1,7 +1,7 @@
 """What :func:`kinabs.check_conformance` returns: one row per check, a table and JSON.
 
 Example:
-    >>> from kinabs._conformance_report import CheckRow, ConformanceReport
+    >>> from kinabs._conformance.report import CheckRow, ConformanceReport
     >>> row = CheckRow(check="loss (log)", jax="0.5", torch="0.5", reference="0.5",
     ...                largest_difference=1e-9, tolerance=1e-6, verdict="agree")
     >>> report = ConformanceReport(model="m", rows=[row])

@@ -18,7 +18,7 @@ agree: a spiking oscillator (Borghans 1997) has a fifth derivative so large that
 
 Example:
     >>> import kinabs, numpy as np
-    >>> from kinabs._conformance_reference import ScipyReference
+    >>> from kinabs._conformance.reference import ScipyReference
     >>> tr = kinabs.Trainer(model=kinabs.load_sbml(kinabs.example_model_path()),
     ...                     data=kinabs.example_data_path(), progress=False)
     >>> ref = ScipyReference(tr._problem())
@@ -49,8 +49,8 @@ class ScipyReference:
                  fd_step: float = 1e-3):
         import array_api_compat.numpy as xp
 
-        from kinabs._jacobian import generate_jacobian
-        from kinabs._ops import numpy_ops
+        from kinabs._lowering.jacobian import generate_jacobian
+        from kinabs._lowering.ops import numpy_ops
 
         self.problem = problem
         self.xp = xp
@@ -130,7 +130,7 @@ class ScipyReference:
         coordinates) that trajectory differences of up to ``rel_tol * |y| + abs_tol`` can
         make: ``(2/n) sum |t / scale| |d pred / d theta_j| / scale`` with the prediction
         sensitivities by central differences. Near a perfect fit the gradient is small and
-        dominated by such differences (see :mod:`kinabs._conformance`)."""
+        dominated by such differences (see :mod:`kinabs._conformance.check`)."""
         rows = np.atleast_2d(np.asarray(linear, dtype=np.float64))
         h = self.fd_step
         out = {s: np.zeros(len(rows)) for s in DEFAULT_TERMS}

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from kinabs._backend import get_backend, resolve_backend_name
-from kinabs._data import TrainingData
 from kinabs._errors import DataError
+from kinabs._fit.data import TrainingData
+from kinabs._fit.results import TrainingResults
+from kinabs._fit.sampling import latin_hypercube
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._problem import CustomLoss, ExperimentArrays, FitProblem
-from kinabs._results import TrainingResults
-from kinabs._sampling import latin_hypercube
 from kinabs._simulate import as_system
 
 __all__ = ["Trainer", "exponentiate_parameters", "log_transform_parameters"]
@@ -315,7 +315,7 @@ class Trainer:
             raise DataError("no initial parameter sets: call trainer.latinhypercube_sampling("
                             "...) or assign trainer.parameter_sets first.")
         if executor is not None or chunk_size is not None or run_dir is not None:
-            from kinabs._executor import run_chunked
+            from kinabs._fit.executor import run_chunked
 
             result = run_chunked(self, start, executor=executor, chunk_size=chunk_size,
                                  run_dir=run_dir, retries=retries)

@@ -28,7 +28,7 @@ gradient           norm-wise ``max_i |a_i - b_i| <= gradient_rtol * (max_i |b_i|
                    central finite difference in log2 space, and at the sets it covers
                    ``floor * gradient_rtol`` bounds the gradient change trajectory
                    differences within the trajectory tolerance can make (see
-                   :mod:`kinabs._conformance_reference`; at serine's true parameters the
+                   :mod:`kinabs._conformance.reference`; at serine's true parameters the
                    gradient is 5e-9, mostly the data's rounding)
 training           Adam, same learning rate in optax and torch.optim, same starts:
                    ``|a - b| / |b| <= training_rtol`` (1e-4) at every iteration, and the
@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from kinabs._conformance_report import CheckRow, ConformanceReport
+from kinabs._conformance.report import CheckRow, ConformanceReport
 from kinabs._errors import DataError, UnsupportedFeatureError
 from kinabs._options import SolverOptions
 
@@ -131,8 +131,8 @@ def _synthetic_data(system, *, times: np.ndarray, seed: int, noise: float):
     """Data for a model without any: its state species simulated by the scipy reference at
     the model's own parameters, times a seeded ``1 + noise * N(0, 1)`` factor (so that the
     loss and gradient at the model's parameters are not zero)."""
-    from kinabs._conformance_reference import ScipyReference
-    from kinabs._data import TrainingData
+    from kinabs._conformance.reference import ScipyReference
+    from kinabs._fit.data import TrainingData
     from kinabs._problem import ExperimentArrays, FitProblem
 
     species = [s for s in system.states if s in system.model.species]
@@ -161,8 +161,8 @@ def _synthetic_data(system, *, times: np.ndarray, seed: int, noise: float):
 
 def _setup(model, data, *, parameter_sets, seed, lower_bound, upper_bound, solver,
            times, noise, training_starts) -> _Setup:
-    from kinabs._data import TrainingData
-    from kinabs._sampling import latin_hypercube
+    from kinabs._fit.data import TrainingData
+    from kinabs._fit.sampling import latin_hypercube
     from kinabs._simulate import as_system
 
     system = as_system(model)
@@ -294,7 +294,7 @@ def _feature(exc: UnsupportedFeatureError) -> str:
 def _trajectories(st, full, backends, unsupported, solver, ref):
     """Each opinion's trajectories at the data points, one row per parameter set; and
     the predictions (per experiment) the loss floor is computed from."""
-    from kinabs._conformance_backends import trajectories
+    from kinabs._conformance.backends import trajectories
 
     traj: dict[str, Any] = {}
     preds = None
@@ -329,7 +329,7 @@ def _converging(row: CheckRow, traj, metric, st, full, backends, unsupported, so
     fine = dataclasses.replace(solver, rtol=solver.rtol / 10, atol=solver.atol / 10)
     fine_ref = None
     if ref is not None:
-        from kinabs._conformance_reference import ScipyReference
+        from kinabs._conformance.reference import ScipyReference
 
         fine_ref = ScipyReference(ref.problem, rtol=ref.rtol / 10, atol=ref.atol / 10)
     traj2, _ = _trajectories(st, full, backends, dict(unsupported), fine, fine_ref)
@@ -425,15 +425,15 @@ def check_conformance(
     full[:, [st.system.parameter_index[n] for n in st.parameters]] = st.rows
     ref = None
     if reference:
-        from kinabs._conformance_reference import ScipyReference
-        from kinabs._trainer import Trainer
+        from kinabs._conformance.reference import ScipyReference
+        from kinabs._fit.trainer import Trainer
 
         tr = Trainer(model=st.system, data=st.data, parameters=st.parameters, progress=False,
                      backend=backends[0], optim_space="linear")
         ref = ScipyReference(tr._problem())
 
     # trajectories at the data's time points
-    from kinabs._conformance_backends import adam_training, loss_and_gradient
+    from kinabs._conformance.backends import adam_training, loss_and_gradient
 
     traj, preds = _trajectories(st, full, backends, unsupported, solver, ref)
     # float64 solves do not resolve a trajectory below ~1e-10 relative (rounding adds up

@@ -53,7 +53,7 @@ def plot_loss(results: Any, *, path: str | Path | None = None, ax: Any = None):
 def plot_fit(results: Any, *, path: str | Path | None = None, model: Any = None,
              data: Any = None, index: int | None = None):
     import kinabs
-    from kinabs._data import TrainingData
+    from kinabs._fit.data import TrainingData
 
     trainer = results._trainer
     model = model if model is not None else (trainer.model if trainer else None)

@@ -7,11 +7,11 @@ the number of reactions times the size of a rate law. Here expressions are group
 float replaced by a numbered placeholder in order of first appearance. A group of
 ``min_group`` or more members is printed once, over gathered index arrays, so the traced
 program grows with the number of *distinct* rate laws. Smaller groups keep the scalar,
-CSE-shared code of :func:`kinabs._codegen._block`.
+CSE-shared code of :func:`kinabs._lowering.codegen._block`.
 
 Example:
     >>> import sympy
-    >>> from kinabs._system import y_symbol, k_symbol
+    >>> from kinabs._lowering.system import y_symbol, k_symbol
     >>> exprs = [k_symbol(i) * y_symbol(i) / (1 + y_symbol(i)) for i in range(3)]
     >>> [len(g.members) for g in group_by_template(exprs, min_group=2)]
     [3]
@@ -83,9 +83,9 @@ def vector_block(printer, exprs: Sequence[sympy.Expr], indent: str, array_arg: d
                  name: str, like: str, *, min_group: int = 8) -> list[str]:
     """Statements that leave ``name`` = all ``exprs`` as one (..., len(exprs)) array.
 
-    ``printer`` is a :class:`kinabs._codegen._Printer` (its hoisted constants gain the index
+    ``printer`` is a :class:`kinabs._lowering.codegen._Printer` (its hoisted constants gain the index
     and number arrays); ``array_arg`` maps primitive kinds to argument names."""
-    from kinabs._codegen import _block
+    from kinabs._lowering.codegen import _block
 
     exprs = list(exprs)
     groups = group_by_template(exprs, min_group=min_group)

@@ -16,7 +16,7 @@ SBML-specific meanings fixed here:
 
 Example:
     >>> import numpy as np
-    >>> from kinabs._ops import numpy_ops
+    >>> from kinabs._lowering.ops import numpy_ops
     >>> float(numpy_ops().rem(np.float64(-7.0), np.float64(2.0)))
     -1.0
 """

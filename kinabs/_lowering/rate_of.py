@@ -1,4 +1,4 @@
-"""SBML's csymbol ``rateOf`` in the lowering (used by ``kinabs._system``).
+"""SBML's csymbol ``rateOf`` in the lowering (used by ``kinabs._lowering.system``).
 
 ``rateOf(x)`` is the time derivative of ``x``'s value. The lowering first swaps every
 ``RateOf(x)`` for a placeholder symbol ``@rateof:x`` (so rule resolution leaves it alone),

@@ -34,8 +34,8 @@ from functools import cached_property
 import numpy as np
 import sympy
 
-from kinabs import _rate_of
 from kinabs._errors import ModelError
+from kinabs._lowering import rate_of as _rate_of
 from kinabs._model import TIME, Model, sym
 
 __all__ = ["OdeSystem", "OutputKey", "lower", "y_symbol", "k_symbol", "p_symbol"]
@@ -137,9 +137,9 @@ class OdeSystem:
 
     @property
     def generated(self):
-        """The generated source and functions (see ``kinabs._codegen``), made once."""
+        """The generated source and functions (see ``kinabs._lowering.codegen``), made once."""
         if "generated" not in self._cache:
-            from kinabs._codegen import generate
+            from kinabs._lowering.codegen import generate
 
             self._cache["generated"] = generate(self)
         return self._cache["generated"]
@@ -500,7 +500,7 @@ class _Lowering:
         )
 
     def _expand_rate_of(self, dyn, stoich, exprs):
-        """Replace rateOf placeholders by time derivatives (see ``kinabs._rate_of``)."""
+        """Replace rateOf placeholders by time derivatives (see ``kinabs._lowering.rate_of``)."""
         names = _rate_of.targets([e for v in exprs.values() for e in v])
         unknown = sorted(x for x in names if x not in dyn)
         if unknown:

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from kinabs._errors import DataError, KinabsError
+from kinabs._fit.run_folder import ChunkTable, RunFolder, array_digest, assemble
 from kinabs._problem import FIT_STATUS
-from kinabs._run_folder import ChunkTable, RunFolder, array_digest, assemble
 
 __all__ = ["ChunkTask", "run_chunk", "run_chunked", "DEFAULT_CHUNK_SIZE"]
 
@@ -63,7 +63,7 @@ class _TrainerSpec:
     loss_threshold: float | None
 
     def build(self):
-        from kinabs._trainer import Trainer
+        from kinabs._fit.trainer import Trainer
 
         return Trainer(
             model=self.model, data=self.data, n_iter=1, backend=self.backend,
@@ -291,7 +291,7 @@ def _runner(trainer, executor: Any, retries: int) -> _Runner:
         return _InProcess(trainer)
     if isinstance(executor, Executor):
         return _Futures(executor, retries)
-    from kinabs._dask import check_client, is_dask_client
+    from kinabs._fit.dask import check_client, is_dask_client
 
     if is_dask_client(executor):
         check_client(executor)

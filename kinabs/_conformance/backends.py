@@ -6,7 +6,7 @@ stays free of jax and torch until a check runs.
 
 Example:
     >>> import kinabs, numpy as np
-    >>> from kinabs._conformance_backends import loss_and_gradient
+    >>> from kinabs._conformance.backends import loss_and_gradient
     >>> model = kinabs.load_sbml(kinabs.example_model_path())
     >>> tr = kinabs.Trainer(model=model, data=kinabs.example_data_path(), progress=False)
     >>> theta = np.log2([[model.parameter_values()[p] for p in tr.parameters]])
@@ -46,7 +46,7 @@ def trajectories(backend: str, system: Any, data: Any, parameters: np.ndarray, *
 
 def _trainer(backend: str, model: Any, data: Any, *, space: str, parameters: Sequence[str],
              solver: Any, optimizer: Any = None, n_iter: int = 1):
-    from kinabs._trainer import Trainer
+    from kinabs._fit.trainer import Trainer
 
     return Trainer(model=model, data=data, n_iter=n_iter, backend=backend, optim_space=space,
                    parameters=list(parameters), solver=solver, optimizer=optimizer,

@@ -14,7 +14,7 @@ torch do in their own derivative rules). The code printer prints both
 
 Example:
     >>> import sympy
-    >>> from kinabs._powers import guard_powers, plain_powers
+    >>> from kinabs._lowering.powers import guard_powers, plain_powers
     >>> x, n = sympy.symbols("x n")
     >>> sympy.diff(x**n, x)
     n*x**n/x

@@ -51,7 +51,7 @@ def add_conformance_parser(sub) -> argparse.ArgumentParser:
 def run_conformance(args: argparse.Namespace) -> int:
     """The handler: returns the exit status."""
     import kinabs
-    from kinabs._conformance import check_conformance
+    from kinabs._conformance.check import check_conformance
 
     spaces = ("log", "linear") if args.space == "both" else (args.space,)
     if args.parameter_sets < 0:
