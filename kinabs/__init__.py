@@ -14,23 +14,25 @@ Example:
 """
 
 from kinabs import ratelaws
-from kinabs._backend import Backend, get_backend
+from kinabs._backend import Backend, get_backend, map_checkout_backends
 from kinabs._builder import ModelBuilder
 from kinabs._conformance.check import ConformanceTolerances, check_conformance
 from kinabs._conformance.report import ConformanceReport
 from kinabs._errors import (
     BackendError,
+    DaskError,
     DataError,
     KinabsError,
     ModelError,
+    RunFolderError,
     SBMLError,
     SimulationError,
     UnsupportedFeatureError,
 )
-from kinabs._fit.dask import DaskError, dask_client
+from kinabs._fit.dask import dask_client
 from kinabs._fit.data import Experiment, TrainingData
 from kinabs._fit.results import TrainingResults
-from kinabs._fit.run_folder import RunFolder, RunFolderError
+from kinabs._fit.run_folder import RunFolder
 from kinabs._fit.trainer import Trainer, exponentiate_parameters, log_transform_parameters
 from kinabs._lowering.system import OdeSystem, lower
 from kinabs._model import (
@@ -46,9 +48,10 @@ from kinabs._model import (
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._paths import example_data_path, example_model_path
 from kinabs._simulate import SimulationResult, amount, concentration, simulate
+from kinabs._version import __version__ as __version__
 from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
 
-__version__ = "0.1.0"
+map_checkout_backends()
 
 __all__ = [
     "AVOGADRO", "TIME", "AdjointOptions", "Backend", "BackendError", "Compartment",

@@ -11,7 +11,9 @@ variable, else ``"jax"``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -52,10 +54,6 @@ class Backend(ABC):
     name: str = ""
 
     @abstractmethod
-    def ops(self) -> Any:
-        """The backend's operator table (a :class:`kinabs._lowering.ops.ArrayApiOps`)."""
-
-    @abstractmethod
     def simulate(
         self,
         system: Any,
@@ -88,10 +86,40 @@ class Backend(ABC):
         """Raise BackendError unless ``optimizer`` is this backend's kind of optimiser."""
 
     @abstractmethod
+    def adam(self, learning_rate: float) -> Any:
+        """This backend's Adam (``b1=0.9, b2=0.999, eps=1e-8`` added outside the square
+        root), in the form :meth:`check_optimizer` accepts: the same optimiser on every
+        backend, for conformance checks of training."""
+
+    @abstractmethod
     def training_program(self, problem: Any, optimizer: Any, n_iter: int, *,
                          optimizer_key: str | None = None) -> Any:
-        """A :class:`kinabs._problem.TrainingProgram` for ``problem``. ``optimizer_key``
-        names the optimizer when it is a known default (lets the backend cache programs)."""
+        """A :class:`kinabs._problem.TrainingProgram` for ``problem`` (a
+        :class:`kinabs._problem.FitProblem`). ``optimizer_key`` names the optimizer when it
+        is a known default (lets the backend cache programs)."""
+
+
+def map_checkout_backends() -> None:
+    """Make ``kinabs.backends`` importable from a bare checkout.
+
+    ``backends/`` sits at the top of the repository and installs as ``kinabs.backends``
+    (``package-dir`` in pyproject.toml). An install, editable or not, maps it; a checkout
+    that is only on ``sys.path`` (``python -m conformance...`` from the root before
+    ``pip install -e .``) has no such mapping, so this maps the folder the same way. It
+    runs once, from ``kinabs/__init__.py``, and does nothing where packaging did it."""
+    if "kinabs.backends" in sys.modules or importlib.util.find_spec("kinabs.backends"):
+        return
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "backends")
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.isfile(init):
+        return
+    spec = importlib.util.spec_from_file_location(
+        "kinabs.backends", init, submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kinabs.backends"] = module
+    spec.loader.exec_module(module)
+    sys.modules["kinabs"].backends = module  # what an import of a submodule does
 
 
 def resolve_backend_name(name: str | None) -> str:

@@ -14,6 +14,8 @@ __all__ = [
     "BackendError",
     "SimulationError",
     "DataError",
+    "RunFolderError",
+    "DaskError",
 ]
 
 
@@ -70,3 +72,12 @@ class SimulationError(KinabsError, RuntimeError):
 
 class DataError(KinabsError, ValueError):
     """Training or simulation input does not fit the model (shapes, names, NaN, times)."""
+
+
+class RunFolderError(KinabsError, ValueError):
+    """A run folder cannot be used for this fit (it holds another one, or is not a run
+    folder)."""
+
+
+class DaskError(KinabsError, RuntimeError):
+    """Dask is missing, or its scheduler cannot be reached or has no workers."""

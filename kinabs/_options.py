@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["SolverOptions", "AdjointOptions"]
+from kinabs._errors import DataError
+
+__all__ = ["SolverOptions", "AdjointOptions", "solver_options", "adjoint_options"]
 
 _METHODS = ("auto", "stiff", "nonstiff")
 _ADJOINTS = ("checkpoint", "backsolve", "forward")
@@ -42,20 +44,20 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str) and self.method not in _METHODS:
-            raise ValueError(
+            raise DataError(
                 f"SolverOptions.method must be one of {_METHODS} or a solver object; got "
                 f"{self.method!r}."
             )
         for name in ("rtol", "atol"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"SolverOptions.{name} must be a positive number; got {v!r}.")
+                raise DataError(f"SolverOptions.{name} must be a positive number; got {v!r}.")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ValueError(
+            raise DataError(
                 f"SolverOptions.max_steps must be a positive integer; got {self.max_steps!r}."
             )
         if self.dt0 is not None and not self.dt0 > 0:
-            raise ValueError(f"SolverOptions.dt0 must be positive or None; got {self.dt0!r}.")
+            raise DataError(f"SolverOptions.dt0 must be positive or None; got {self.dt0!r}.")
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,40 @@ class AdjointOptions:
 
     def __post_init__(self) -> None:
         if self.method not in _ADJOINTS:
-            raise ValueError(
+            raise DataError(
                 f"AdjointOptions.method must be one of {_ADJOINTS}; got {self.method!r}."
             )
         if self.checkpoints is not None and not (
             isinstance(self.checkpoints, int) and self.checkpoints >= 1
         ):
-            raise ValueError(
+            raise DataError(
                 f"AdjointOptions.checkpoints must be a positive integer or None; got "
                 f"{self.checkpoints!r}."
             )
+
+
+def solver_options(value: Any, default: SolverOptions) -> SolverOptions:
+    """``value`` checked as the ``solver=`` argument of any kinabs call (``None``: the
+    call's ``default``); one wording for the same mistake everywhere."""
+    if value is None:
+        return default
+    if not isinstance(value, SolverOptions):
+        raise DataError(
+            f"solver must be a kinabs.SolverOptions, e.g. kinabs.SolverOptions(method="
+            f"'stiff'); got {type(value).__name__}. A backend's own solver object goes in "
+            "its method: kinabs.SolverOptions(method=diffrax.Kvaerno5())."
+        )
+    return value
+
+
+def adjoint_options(value: Any, default: AdjointOptions) -> AdjointOptions:
+    """``value`` checked as the ``adjoint=`` argument of any kinabs call (``None``: the
+    call's ``default``)."""
+    if value is None:
+        return default
+    if not isinstance(value, AdjointOptions):
+        raise DataError(
+            f"adjoint must be a kinabs.AdjointOptions, e.g. kinabs.AdjointOptions("
+            f"'forward'); got {type(value).__name__}."
+        )
+    return value

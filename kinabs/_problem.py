@@ -121,14 +121,21 @@ class TrainingProgram(ABC):
     def theta(self, state: Any) -> np.ndarray: ...
 
     @abstractmethod
-    def status(self, state: Any) -> np.ndarray: ...
+    def status(self, state: Any) -> np.ndarray:
+        """(N,) codes of :data:`FIT_STATUS` (0: the start trains on)."""
+
+    @abstractmethod
+    def stopped(self, state: Any) -> np.ndarray:
+        """(N,) bool: the start reached the problem's ``loss_threshold`` and stopped."""
 
     @abstractmethod
     def final_loss(self, state: Any) -> np.ndarray:
         """Loss of each member at its current parameters (NaN where it fails)."""
 
     @abstractmethod
-    def loss(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Loss and status of each row of ``theta`` (no update)."""
+    def value_and_grad(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Loss (N,), status (N,) and gradient (N, R) in the optimisation space of each row
+        of ``theta`` (N, R): what one iteration computes (solver fallbacks included),
+        without an update."""
 
     chunk: int = 25

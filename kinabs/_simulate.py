@@ -21,7 +21,7 @@ from kinabs._backend import STATUS, get_backend
 from kinabs._errors import DataError, SimulationError
 from kinabs._lowering.system import OdeSystem, lower
 from kinabs._model import Model
-from kinabs._options import SolverOptions
+from kinabs._options import SolverOptions, solver_options
 
 __all__ = ["simulate", "SimulationResult", "amount", "concentration", "as_system"]
 
@@ -196,12 +196,11 @@ def simulate(
             fails; ``"nan"`` returns NaN values with the failure in ``result.status``.
     """
     if species_units not in _SPECIES_UNITS:
-        raise ValueError(f"species_units must be one of {_SPECIES_UNITS}; got {species_units!r}")
+        raise DataError(f"species_units must be one of {_SPECIES_UNITS}; got "
+                        f"{species_units!r}.")
     if on_failure not in ("raise", "nan"):
-        raise ValueError(f"on_failure must be 'raise' or 'nan'; got {on_failure!r}")
-    solver = solver or SolverOptions()
-    if not isinstance(solver, SolverOptions):
-        raise TypeError(f"solver must be a kinabs.SolverOptions; got {type(solver).__name__}")
+        raise DataError(f"on_failure must be 'raise' or 'nan'; got {on_failure!r}.")
+    solver = solver_options(solver, SolverOptions())
     system = as_system(model)
     ts = _check_times(times, t0)
 

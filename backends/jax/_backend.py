@@ -121,6 +121,11 @@ class JaxBackend(Backend):
                 f"optax.adam(1e-3); got {optimizer!r}.{hint}"
             )
 
+    def adam(self, learning_rate):
+        import optax
+
+        return optax.adam(learning_rate)
+
     def training_program(self, problem, optimizer, n_iter, *, optimizer_key=None):
         from kinabs.backends.jax._train import JaxTrainingProgram
 

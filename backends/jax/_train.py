@@ -429,6 +429,36 @@ class JaxTrainingProgram(TrainingProgram):
                                                  np.ones(members.size, dtype=bool))
             return np.asarray(carry[4])
 
+    def value_and_grad(self, theta):
+        """The per-start loss function vmapped with its gradient, as in an iteration;
+        with ``method="auto"`` the rows the explicit solver cannot finish are redone with
+        the implicit one, and a finite loss with a non-finite gradient with forward-mode
+        sensitivities, as training does."""
+        theta = np.asarray(theta, dtype=np.float64)
+        with jax.enable_x64(True):
+            if not hasattr(self, "_vg_batched"):
+                self._vg_batched = {}
+
+            def batched(which):
+                if which not in self._vg_batched:
+                    vg = _value_and_grad(self._loss_fns[which], which in self._forward)
+                    self._vg_batched[which] = jax.jit(jax.vmap(lambda th: vg(th, True)))
+                return self._vg_batched[which]
+
+            th = jnp.asarray(theta)
+            (loss, status), grad = batched("main")(th)
+            loss, status, grad = np.array(loss), np.array(status), np.array(grad)
+            for which in list(self._loss_fns)[1:]:
+                bad_grad = ~np.all(np.isfinite(grad), axis=1)
+                redo = np.flatnonzero((status == 0) & bad_grad if which == SENSITIVITIES
+                                      else (status != 0) | bad_grad)
+                if not redo.size:
+                    continue
+                (l2, s2), g2 = batched(which)(th[redo])
+                loss[redo], status[redo], grad[redo] = (np.asarray(l2), np.asarray(s2),
+                                                        np.asarray(g2))
+        return loss, status, grad
+
     def loss(self, theta):
         with jax.enable_x64(True):
             if self._loss_batch is None:

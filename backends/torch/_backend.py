@@ -219,6 +219,11 @@ class TorchBackend(Backend):
 
         check_optimizer(optimizer)
 
+    def adam(self, learning_rate: float) -> Any:
+        import functools
+
+        return functools.partial(torch.optim.Adam, lr=learning_rate)
+
     def training_program(self, problem: Any, optimizer: Any, n_iter: int, *,
                          optimizer_key: str | None = None) -> Any:
         from kinabs.backends.torch._train import TorchTrainingProgram

@@ -18,11 +18,12 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from kinabs._backend import get_backend
 
 __all__ = ["trajectories", "loss_and_gradient", "adam_training", "adam_optimizer"]
 
@@ -61,55 +62,13 @@ def loss_and_gradient(backend: str, model: Any, data: Any, theta: np.ndarray, *,
     computes them: one batched call, no update."""
     tr = _trainer(backend, model, data, space=space, parameters=parameters, solver=solver)
     program = tr._get_program()
-    theta = np.asarray(theta, dtype=np.float64)
-    if backend == "jax":
-        return _jax_value_and_grad(program, theta)
-    loss, status, grad = program.value_and_grad(theta)
+    loss, status, grad = program.value_and_grad(np.asarray(theta, dtype=np.float64))
     return np.asarray(loss), np.asarray(status), np.asarray(grad)
 
 
-def _jax_value_and_grad(program: Any, theta: np.ndarray):
-    """The JAX training program's per-start loss function, vmapped with its gradient (as
-    in an iteration); with ``method="auto"`` the rows the explicit solver cannot finish
-    are redone with the implicit one, as training does."""
-    import jax
-    import jax.numpy as jnp
-
-    from kinabs.backends.jax._train import SENSITIVITIES, _value_and_grad
-
-    with jax.enable_x64(True):
-        def batched(which):
-            vg = _value_and_grad(program._loss_fns[which], which in program._forward)
-            return jax.jit(jax.vmap(lambda th: vg(th, True)))
-
-        th = jnp.asarray(theta)
-        (loss, status), grad = batched("main")(th)
-        loss, status, grad = np.array(loss), np.array(status), np.array(grad)
-        # as training does: a start the explicit solver fails, or whose gradient it gives
-        # as non-finite, is redone with the implicit one, then without the step cap, and
-        # a finite loss with a non-finite gradient with forward-mode sensitivities
-        for which in list(program._loss_fns)[1:]:
-            bad_grad = ~np.all(np.isfinite(grad), axis=1)
-            redo = np.flatnonzero((status == 0) & bad_grad if which == SENSITIVITIES
-                                  else (status != 0) | bad_grad)
-            if not redo.size:
-                continue
-            (l2, s2), g2 = batched(which)(th[redo])
-            loss[redo], status[redo], grad[redo] = np.asarray(l2), np.asarray(s2), \
-                np.asarray(g2)
-    return loss, status, grad
-
-
 def adam_optimizer(backend: str, learning_rate: float) -> Any:
-    """The same Adam on both backends: ``optax.adam(lr)`` and ``torch.optim.Adam(lr=lr)``
-    (both ``b1=0.9, b2=0.999, eps=1e-8`` added outside the square root)."""
-    if backend == "jax":
-        import optax
-
-        return optax.adam(learning_rate)
-    import torch
-
-    return functools.partial(torch.optim.Adam, lr=learning_rate)
+    """The same Adam on every backend (see :meth:`kinabs.Backend.adam`)."""
+    return get_backend(backend).adam(learning_rate)
 
 
 def adam_training(backend: str, model: Any, data: Any, starts: np.ndarray, *, space: str,

@@ -16,15 +16,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kinabs._errors import KinabsError
+from kinabs._errors import DaskError
 
 __all__ = ["DaskError", "dask_client", "is_dask_client", "check_client"]
 
 _INSTALL = "pip install 'kinabs[dask]'  (dask[distributed])"
-
-
-class DaskError(KinabsError, RuntimeError):
-    """Dask is missing, or its scheduler cannot be reached or has no workers."""
 
 
 def _distributed():

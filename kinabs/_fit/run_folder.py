@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from kinabs._errors import KinabsError
+from kinabs._errors import RunFolderError
 
 __all__ = ["RunFolder", "RunFolderError", "ChunkTable", "array_digest"]
 
@@ -43,11 +43,6 @@ _FORMAT = 1
 IDENTITY_KEYS = ("format", "kinabs_version", "model_id", "model_hash", "data_hash",
                  "starts_hash", "n_starts", "seed", "parameters", "options", "chunk_size",
                  "n_chunks")
-
-
-class RunFolderError(KinabsError, ValueError):
-    """A run folder cannot be used for this fit (it holds another one, or is not a run
-    folder)."""
 
 
 def array_digest(*parts: Any) -> str:

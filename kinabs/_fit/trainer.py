@@ -32,7 +32,7 @@ from kinabs._errors import DataError
 from kinabs._fit.data import TrainingData
 from kinabs._fit.results import TrainingResults
 from kinabs._fit.sampling import latin_hypercube
-from kinabs._options import AdjointOptions, SolverOptions
+from kinabs._options import AdjointOptions, SolverOptions, adjoint_options, solver_options
 from kinabs._problem import CustomLoss, ExperimentArrays, FitProblem
 from kinabs._simulate import as_system
 
@@ -120,12 +120,8 @@ class Trainer:
         if not names:
             raise DataError("the model has no parameters to fit; pass parameters=[...].")
         self.parameters: list[str] = names
-        self.solver = solver or SolverOptions(max_steps=4096)
-        if not isinstance(self.solver, SolverOptions):
-            raise DataError(f"solver must be kinabs.SolverOptions; got {type(solver).__name__}.")
-        self.adjoint = adjoint or AdjointOptions()
-        if not isinstance(self.adjoint, AdjointOptions):
-            raise DataError(f"adjoint must be kinabs.AdjointOptions; got {type(adjoint).__name__}.")
+        self.solver = solver_options(solver, SolverOptions(max_steps=4096))
+        self.adjoint = adjoint_options(adjoint, AdjointOptions())
         self._optimizer_key = "default" if optimizer is None else None
         self.optimizer = optimizer if optimizer is not None else self._backend.default_optimizer()
         self._default_optimizer = self.optimizer if optimizer is None else None
