@@ -19,11 +19,11 @@ import numpy as np
 
 from kinabs._backend import STATUS, get_backend
 from kinabs._errors import DataError, SimulationError
-from kinabs._lowering.system import OdeSystem, lower
+from kinabs._lowering.system import OdeSystem, as_system
 from kinabs._model import Model
 from kinabs._options import SolverOptions, solver_options
 
-__all__ = ["simulate", "SimulationResult", "amount", "concentration", "as_system"]
+__all__ = ["simulate", "SimulationResult", "amount", "concentration"]
 
 _SPECIES_UNITS = ("concentration", "amount")
 
@@ -36,36 +36,6 @@ def amount(species_id: str) -> tuple[str, str]:
 def concentration(species_id: str) -> tuple[str, str]:
     """Ask for a species' concentration in ``simulate(outputs=...)``."""
     return ("concentration", species_id)
-
-
-def as_system(model: Model | OdeSystem) -> OdeSystem:
-    """The ODE system of ``model``, lowered once and cached on the model object."""
-    if isinstance(model, OdeSystem):
-        return model
-    if not isinstance(model, Model):
-        raise TypeError(
-            f"expected a kinabs Model (from kinabs.load_sbml or ModelBuilder.build()) or an "
-            f"OdeSystem; got {type(model).__name__}."
-        )
-    key = _content_key(model)
-    cached = getattr(model, "_kinabs_system", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    system = lower(model)
-    object.__setattr__(model, "_kinabs_system", (key, system))
-    return system
-
-
-def _content_key(model: Model) -> int:
-    """A cheap in-process key of the model's content (sympy and frozen dataclasses hash
-    in O(1) once computed), to notice edits to a model between calls."""
-    return hash((
-        tuple(model.compartments.items()), tuple(model.species.items()),
-        tuple(model.parameters.items()),
-        tuple((r.id, r.rate, r.reactants, r.products) for r in model.reactions.values()),
-        tuple(model.assignment_rules.items()), tuple(model.rate_rules.items()),
-        tuple(model.initial_assignments.items()), model.conversion_factor,
-    ))
 
 
 @dataclass(frozen=True)
@@ -209,21 +179,10 @@ def simulate(
     y0_rows, as_params = [], []
     mask = np.zeros(len(system.states), dtype=bool)
     for row in init_rows:
-        y = np.full(len(system.states), np.nan)
-        params = {}
-        for sid, v in row.items():
-            if sid in system.state_index and sid in system.model.species:
-                y[system.state_index[sid]] = v
-                mask[system.state_index[sid]] = True
-            elif sid in system.model.species and sid in system.parameter_index:
-                params[sid] = v
-            else:
-                raise DataError(
-                    f"initial value given for '{sid}', which is not a species of the model "
-                    f"with a settable initial value. Species: {list(system.model.species)[:20]}"
-                )
-        y0_rows.append(y)
-        as_params.append(params)
+        y, row_mask, p_index, p_values = system.initial_arrays(row)
+        y0_rows.append(np.where(row_mask, y, np.nan))
+        mask |= row_mask
+        as_params.append({system.parameters[i]: v for i, v in zip(p_index, p_values)})
     p = _parameter_matrix(system, parameters, as_params)
     b = p.shape[0]
     y0 = None

@@ -114,7 +114,7 @@ class VectorField(torch.nn.Module):
                  log_space: bool = False, t0: float = 0.0, dtype: torch.dtype = torch.float64,
                  device: Any = None) -> None:
         super().__init__()
-        from kinabs._simulate import as_system
+        from kinabs._lowering.system import as_system
 
         self.system = as_system(system)
         sysm = self.system

@@ -163,7 +163,7 @@ def _setup(model, data, *, parameter_sets, seed, lower_bound, upper_bound, solve
            times, noise, training_starts) -> _Setup:
     from kinabs._fit.data import TrainingData
     from kinabs._fit.sampling import latin_hypercube
-    from kinabs._simulate import as_system
+    from kinabs._lowering.system import as_system
 
     system = as_system(model)
     if data is None:

@@ -32,9 +32,9 @@ from kinabs._errors import DataError
 from kinabs._fit.data import TrainingData
 from kinabs._fit.results import TrainingResults
 from kinabs._fit.sampling import latin_hypercube
+from kinabs._lowering.system import as_system
 from kinabs._options import AdjointOptions, SolverOptions, adjoint_options, solver_options
 from kinabs._problem import CustomLoss, ExperimentArrays, FitProblem
-from kinabs._simulate import as_system
 
 __all__ = ["Trainer", "exponentiate_parameters", "log_transform_parameters"]
 

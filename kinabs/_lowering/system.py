@@ -28,17 +28,20 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 import sympy
 
-from kinabs._errors import ModelError
+from kinabs._errors import DataError, ModelError
 from kinabs._lowering import rate_of as _rate_of
+from kinabs._lowering.codegen import generate
 from kinabs._model import TIME, Model, sym
 
-__all__ = ["OdeSystem", "OutputKey", "lower", "y_symbol", "k_symbol", "p_symbol"]
+__all__ = ["OdeSystem", "OutputKey", "as_system", "lower", "y_symbol", "k_symbol",
+           "p_symbol"]
 
 #: An output: (kind, id) with kind one of "concentration", "amount", "value", "rate".
 OutputKey = tuple[str, str]
@@ -135,12 +138,45 @@ class OdeSystem:
             )
         return key
 
+    def initial_arrays(self, initial: Mapping[str, float] | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A user's initial values of species as arrays: ``(y0, mask, p_index, p_values)``.
+
+        A species that is a state goes into ``y0`` (S,) at its index, in the species' own
+        units (concentration unless it has only substance units), with ``mask`` (S,) set
+        there; a constant species (a free parameter of the system) becomes a parameter
+        override ``p_index`` (Q,) -> ``p_values`` (Q,). Anything else is a DataError.
+
+        Example:
+            >>> import kinabs
+            >>> system = kinabs.lower(kinabs.load_sbml(kinabs.example_model_path()))
+            >>> y0, mask, p_index, p_values = system.initial_arrays({"php": 0.5})
+            >>> y0.tolist(), mask.tolist(), p_index.tolist()
+            ([0.5, 0.0], [True, False], [])
+        """
+        y0 = np.zeros(len(self.states))
+        mask = np.zeros(len(self.states), dtype=bool)
+        p_index, p_values = [], []
+        for sid, value in (initial or {}).items():
+            if sid in self.state_index and sid in self.model.species:
+                y0[self.state_index[sid]] = value
+                mask[self.state_index[sid]] = True
+            elif sid in self.model.species and sid in self.parameter_index:
+                p_index.append(self.parameter_index[sid])
+                p_values.append(value)
+            else:
+                raise DataError(
+                    f"initial value given for '{sid}', which is not a species of the model "
+                    f"with a settable initial value. Species: "
+                    f"{_preview(self.model.species)}"
+                )
+        return (y0, mask, np.asarray(p_index, dtype=np.int64),
+                np.asarray(p_values, dtype=np.float64))
+
     @property
     def generated(self):
         """The generated source and functions (see ``kinabs._lowering.codegen``), made once."""
         if "generated" not in self._cache:
-            from kinabs._lowering.codegen import generate
-
             self._cache["generated"] = generate(self)
         return self._cache["generated"]
 
@@ -556,3 +592,41 @@ class _Lowering:
 def lower(model: Model) -> OdeSystem:
     """Lower a symbolic model to an ODE system (see the module docstring)."""
     return _Lowering(model).build()
+
+
+def as_system(model: Model | OdeSystem) -> OdeSystem:
+    """The ODE system of ``model``, lowered once and cached on the model object (a
+    system passes through). Edits to the model between calls are noticed.
+
+    Example:
+        >>> import kinabs
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> as_system(model) is as_system(model)
+        True
+    """
+    if isinstance(model, OdeSystem):
+        return model
+    if not isinstance(model, Model):
+        raise DataError(
+            f"expected a kinabs Model (from kinabs.load_sbml or ModelBuilder.build()) or an "
+            f"OdeSystem; got {type(model).__name__}."
+        )
+    key = _content_key(model)
+    cached = getattr(model, "_kinabs_system", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    system = lower(model)
+    object.__setattr__(model, "_kinabs_system", (key, system))
+    return system
+
+
+def _content_key(model: Model) -> int:
+    """A cheap in-process key of the model's content (sympy and frozen dataclasses hash
+    in O(1) once computed), to notice edits to a model between calls."""
+    return hash((
+        tuple(model.compartments.items()), tuple(model.species.items()),
+        tuple(model.parameters.items()),
+        tuple((r.id, r.rate, r.reactants, r.products) for r in model.reactions.values()),
+        tuple(model.assignment_rules.items()), tuple(model.rate_rules.items()),
+        tuple(model.initial_assignments.items()), model.conversion_factor,
+    ))
