@@ -11,7 +11,7 @@ import sympy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kinabs._lowering.codegen import _Printer
+from kinabs._lowering.printer import Printer as _Printer
 from kinabs._lowering.ops import OPERATIONS, Quotient, Rem, numpy_ops
 
 

@@ -38,9 +38,9 @@ import numpy as np
 import sympy
 
 from kinabs._errors import UnsupportedFeatureError
-from kinabs._lowering.codegen import _block, _Printer
 from kinabs._lowering.ops import Quotient, Rem
 from kinabs._lowering.powers import guard_powers
+from kinabs._lowering.printer import Printer, cse_block
 from kinabs._lowering.system import y_symbol
 from kinabs._model import TIME
 
@@ -183,9 +183,9 @@ def _generate(system) -> GeneratedJacobian:
     entries, dfdt = jacobian_entries(system)
     has_time = any(d != 0 for d in dfdt)
     keys = sorted(entries)
-    pr = _Printer()
+    pr = Printer()
     ind = "        "
-    lines, values = _block(pr, [entries[key] for key in keys], ind, {"y": "y", "k": "k"})
+    lines, values = cse_block(pr, [entries[key] for key in keys], ind, {"y": "y", "k": "k"})
     body = ["    def jac(t, y, k):", *lines]
     dense = len(keys) == n * n
     gather = None
@@ -200,7 +200,7 @@ def _generate(system) -> GeneratedJacobian:
     body.append(f"{ind}return ops.xp.reshape(flat, (*y.shape, {n}))")
     body.append("    def dfdt(t, y, k):")
     if has_time:
-        lines, outs = _block(pr, dfdt, ind, {"y": "y", "k": "k"})
+        lines, outs = cse_block(pr, dfdt, ind, {"y": "y", "k": "k"})
         body += lines
         body.append(f"{ind}return ops.stack([{', '.join(outs)}], like=y)")
     else:

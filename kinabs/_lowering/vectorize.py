@@ -7,7 +7,7 @@ the number of reactions times the size of a rate law. Here expressions are group
 float replaced by a numbered placeholder in order of first appearance. A group of
 ``min_group`` or more members is printed once, over gathered index arrays, so the traced
 program grows with the number of *distinct* rate laws. Smaller groups keep the scalar,
-CSE-shared code of :func:`kinabs._lowering.codegen._block`.
+CSE-shared code of :func:`kinabs._lowering.printer.cse_block`.
 
 Example:
     >>> import sympy
@@ -24,11 +24,15 @@ from dataclasses import dataclass
 
 import sympy
 
+from kinabs._lowering.printer import cse_block
 from kinabs._model import TIME
 
 __all__ = ["Group", "group_by_template", "vector_block"]
 
 _KINDS = ("y", "k", "p")
+
+#: Expressions sharing one template are printed as one vector expression from this many on.
+MIN_GROUP = 8
 
 
 @dataclass
@@ -83,10 +87,8 @@ def vector_block(printer, exprs: Sequence[sympy.Expr], indent: str, array_arg: d
                  name: str, like: str, *, min_group: int = 8) -> list[str]:
     """Statements that leave ``name`` = all ``exprs`` as one (..., len(exprs)) array.
 
-    ``printer`` is a :class:`kinabs._lowering.codegen._Printer` (its hoisted constants gain the index
+    ``printer`` is a :class:`kinabs._lowering.printer.Printer` (its hoisted constants gain the index
     and number arrays); ``array_arg`` maps primitive kinds to argument names."""
-    from kinabs._lowering.codegen import _block
-
     exprs = list(exprs)
     groups = group_by_template(exprs, min_group=min_group)
     grouped = {i for g in groups for i in g.members}
@@ -128,7 +130,7 @@ def vector_block(printer, exprs: Sequence[sympy.Expr], indent: str, array_arg: d
         parts.append(out)
         order += g.members
     if rest:
-        scalar_lines, outs = _block(printer, [exprs[i] for i in rest], indent, array_arg)
+        scalar_lines, outs = cse_block(printer, [exprs[i] for i in rest], indent, array_arg)
         lines += scalar_lines
         parts.append(f"ops.stack([{', '.join(outs)}], like={like})")
         order += rest
