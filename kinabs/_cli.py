@@ -16,12 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import kinabs
+from kinabs._conformance.cli import add_conformance_parser
+from kinabs._errors import DataError, KinabsError
+from kinabs._paths import example_data_path, example_model_path
+
 __all__ = ["main"]
 
 
 def _fit(args: argparse.Namespace) -> int:
 
-    import kinabs
 
     executor = _executor_kind(args)
     chunked = executor == "dask" or args.chunk_size is not None or args.run_dir is not None
@@ -50,7 +54,6 @@ def _fit(args: argparse.Namespace) -> int:
 def _fit_with(args: argparse.Namespace, kinabs, client, chunked: bool) -> int:
     import numpy as np
 
-    from kinabs._paths import example_data_path, example_model_path
 
     model_path = Path(args.model) if args.model else example_model_path()
     data_path = [Path(p) for p in args.data] if args.data else [example_data_path()]
@@ -103,8 +106,6 @@ def _fit_with(args: argparse.Namespace, kinabs, client, chunked: bool) -> int:
 
 
 def _executor_kind(args: argparse.Namespace) -> str:
-    from kinabs._errors import DataError
-
     kind = args.executor or ("dask" if args.scheduler or args.workers else "local")
     if kind == "local" and (args.scheduler or args.workers):
         raise DataError("--scheduler and --workers choose a Dask cluster; use them with "
@@ -118,7 +119,6 @@ def _executor_kind(args: argparse.Namespace) -> str:
 def _simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    import kinabs
 
     model = kinabs.load_sbml(args.model)
     times = np.linspace(args.t0, args.t_end, args.points)
@@ -179,7 +179,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("jax", "torch"), default=None)
     s.add_argument("--out", default=None)
     s.set_defaults(func=_simulate)
-    from kinabs._conformance.cli import add_conformance_parser
 
     add_conformance_parser(sub)
     return p
@@ -188,7 +187,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kinabs`` command."""
     args = _parser().parse_args(argv)
-    from kinabs._errors import KinabsError
 
     try:
         return int(args.func(args))

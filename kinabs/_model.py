@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from kinabs._errors import ModelError
+
 __all__ = [
     "TIME",
     "AVOGADRO",
@@ -189,8 +191,6 @@ class Model:
 
     def with_parameters(self, values: Mapping[str, float]) -> Model:
         """A copy with new values for some parameters (unknown ids raise ``ModelError``)."""
-        from kinabs._errors import ModelError
-
         unknown = [k for k in values if k not in self.parameters]
         if unknown:
             raise ModelError(

@@ -30,6 +30,7 @@ import numpy as np
 import sympy
 
 from kinabs._errors import ModelError
+from kinabs.sbml._math import sympy_from_ast
 
 __all__ = [
     "Term",
@@ -56,7 +57,6 @@ def _parse_formula(text: str, what: str) -> sympy.Expr:
     never evaluated (``^`` is power, ``log`` the natural log, ``piecewise``, ``min``...)."""
     import libsbml
 
-    from kinabs.sbml._math import sympy_from_ast
 
     settings = libsbml.L3ParserSettings()
     settings.setParseLog(libsbml.L3P_PARSE_LOG_AS_LN)

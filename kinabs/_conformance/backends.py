@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from kinabs._backend import get_backend
+from kinabs._fit.trainer import Trainer
+from kinabs._simulate import simulate
 
 __all__ = ["trajectories", "loss_and_gradient", "adam_training", "adam_optimizer"]
 
@@ -32,8 +34,6 @@ def trajectories(backend: str, system: Any, data: Any, parameters: np.ndarray, *
                  solver: Any) -> tuple[list[np.ndarray], np.ndarray]:
     """Per experiment of ``data``, the measured species (B, T, M) for full parameter
     vectors (B, P); and each row's worst status (0 = every solve succeeded)."""
-    from kinabs._simulate import simulate
-
     out, ok = [], np.ones(len(parameters), dtype=bool)
     for e in data.experiments:
         res = simulate(system, e.times, parameters=np.asarray(parameters),
@@ -47,8 +47,6 @@ def trajectories(backend: str, system: Any, data: Any, parameters: np.ndarray, *
 
 def _trainer(backend: str, model: Any, data: Any, *, space: str, parameters: Sequence[str],
              solver: Any, optimizer: Any = None, n_iter: int = 1):
-    from kinabs._fit.trainer import Trainer
-
     return Trainer(model=model, data=data, n_iter=n_iter, backend=backend, optim_space=space,
                    parameters=list(parameters), solver=solver, optimizer=optimizer,
                    progress=False)

@@ -59,9 +59,19 @@ from typing import Any
 
 import numpy as np
 
+from kinabs._conformance.backends import adam_training, loss_and_gradient, trajectories
+from kinabs._conformance.reference import ScipyReference
 from kinabs._conformance.report import CheckRow, ConformanceReport
 from kinabs._errors import DataError, UnsupportedFeatureError
+from kinabs._fit.data import TrainingData
+from kinabs._fit.sampling import latin_hypercube
+from kinabs._fit.trainer import Trainer
+from kinabs._losses import mean_centered_scale
+from kinabs._lowering.system import as_system
+from kinabs._model import Model
 from kinabs._options import SolverOptions
+from kinabs._problem import ExperimentArrays, FitProblem
+from kinabs.sbml import load_sbml
 
 __all__ = ["ConformanceTolerances", "check_conformance", "DEFAULT_CONFORMANCE_SOLVER",
            "DEFAULT_TRAINING_SOLVER"]
@@ -116,9 +126,6 @@ class _Setup:
 
 # -- set-up -----------------------------------------------------------------------------
 def _load(model: Any):
-    from kinabs._model import Model
-    from kinabs.sbml import load_sbml
-
     if isinstance(model, Model):
         return model, getattr(model, "id", "") or "model"
     path = Path(model)
@@ -131,10 +138,6 @@ def _synthetic_data(system, *, times: np.ndarray, seed: int, noise: float):
     """Data for a model without any: its state species simulated by the scipy reference at
     the model's own parameters, times a seeded ``1 + noise * N(0, 1)`` factor (so that the
     loss and gradient at the model's parameters are not zero)."""
-    from kinabs._conformance.reference import ScipyReference
-    from kinabs._fit.data import TrainingData
-    from kinabs._problem import ExperimentArrays, FitProblem
-
     species = [s for s in system.states if s in system.model.species]
     if not species:
         raise DataError("the model has no species changed by reactions or rules, so there "
@@ -161,10 +164,6 @@ def _synthetic_data(system, *, times: np.ndarray, seed: int, noise: float):
 
 def _setup(model, data, *, parameter_sets, seed, lower_bound, upper_bound, solver,
            times, noise, training_starts) -> _Setup:
-    from kinabs._fit.data import TrainingData
-    from kinabs._fit.sampling import latin_hypercube
-    from kinabs._lowering.system import as_system
-
     system = as_system(model)
     if data is None:
         grid = np.linspace(0.0, 10.0, 50) if times is None else np.asarray(times, float)
@@ -213,7 +212,6 @@ def _loss_floor(preds: list[np.ndarray], data: Any, space: str, rtol: float, ato
     tolerance, so the two checks ask the same of the solvers)."""
     import array_api_compat.numpy as xp
 
-    from kinabs._losses import mean_centered_scale
 
     total = np.zeros(preds[0].shape[0])
     count = 0.0
@@ -294,8 +292,6 @@ def _feature(exc: UnsupportedFeatureError) -> str:
 def _trajectories(st, full, backends, unsupported, solver, ref):
     """Each opinion's trajectories at the data points, one row per parameter set; and
     the predictions (per experiment) the loss floor is computed from."""
-    from kinabs._conformance.backends import trajectories
-
     traj: dict[str, Any] = {}
     preds = None
     for b in backends:
@@ -329,8 +325,6 @@ def _converging(row: CheckRow, traj, metric, st, full, backends, unsupported, so
     fine = dataclasses.replace(solver, rtol=solver.rtol / 10, atol=solver.atol / 10)
     fine_ref = None
     if ref is not None:
-        from kinabs._conformance.reference import ScipyReference
-
         fine_ref = ScipyReference(ref.problem, rtol=ref.rtol / 10, atol=ref.atol / 10)
     traj2, _ = _trajectories(st, full, backends, dict(unsupported), fine, fine_ref)
     steps, ok = [], True
@@ -425,15 +419,11 @@ def check_conformance(
     full[:, [st.system.parameter_index[n] for n in st.parameters]] = st.rows
     ref = None
     if reference:
-        from kinabs._conformance.reference import ScipyReference
-        from kinabs._fit.trainer import Trainer
-
         tr = Trainer(model=st.system, data=st.data, parameters=st.parameters, progress=False,
                      backend=backends[0], optim_space="linear")
         ref = ScipyReference(tr._problem())
 
     # trajectories at the data's time points
-    from kinabs._conformance.backends import adam_training, loss_and_gradient
 
     traj, preds = _trajectories(st, full, backends, unsupported, solver, ref)
     # float64 solves do not resolve a trajectory below ~1e-10 relative (rounding adds up

@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import kinabs
+from kinabs._conformance.check import check_conformance
+
 __all__ = ["add_conformance_parser"]
 
 
@@ -50,9 +53,6 @@ def add_conformance_parser(sub) -> argparse.ArgumentParser:
 
 def run_conformance(args: argparse.Namespace) -> int:
     """The handler: returns the exit status."""
-    import kinabs
-    from kinabs._conformance.check import check_conformance
-
     spaces = ("log", "linear") if args.space == "both" else (args.space,)
     if args.parameter_sets < 0:
         raise kinabs.DataError(f"--parameter-sets must be >= 0; got {args.parameter_sets}.")

@@ -33,6 +33,8 @@ import array_api_compat.numpy
 import numpy as np
 
 from kinabs._losses import DEFAULT_TERMS, mean_centered_scale
+from kinabs._lowering.jacobian import generate_jacobian
+from kinabs._lowering.ops import numpy_ops
 
 __all__ = ["ScipyReference"]
 
@@ -48,9 +50,6 @@ class ScipyReference:
     def __init__(self, problem, *, rtol: float = REF_RTOL, atol: float = REF_ATOL,
                  fd_step: float = 1e-3):
         import array_api_compat.numpy as xp
-
-        from kinabs._lowering.jacobian import generate_jacobian
-        from kinabs._lowering.ops import numpy_ops
 
         self.problem = problem
         self.xp = xp
