@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import kinabs
+from kinabs._backend import BACKENDS
 from kinabs._conformance.cli import add_conformance_parser
 from kinabs._errors import DataError, KinabsError
 from kinabs._paths import example_data_path, example_model_path
@@ -150,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--upper", type=float, default=10.0, help="upper bound factor")
     f.add_argument("--log-sampling", action="store_true", help="sample log-uniformly")
     f.add_argument("--space", choices=("log", "linear"), default="log")
-    f.add_argument("--backend", choices=("jax", "torch"), default=None)
+    f.add_argument("--backend", choices=sorted(BACKENDS), default=None)
     f.add_argument("--rtol", type=float, default=1e-8)
     f.add_argument("--atol", type=float, default=1e-10)
     f.add_argument("--max-steps", type=int, default=4096)
@@ -176,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--t-end", type=float, default=10.0)
     s.add_argument("--points", type=int, default=11)
     s.add_argument("--units", choices=("concentration", "amount"), default="concentration")
-    s.add_argument("--backend", choices=("jax", "torch"), default=None)
+    s.add_argument("--backend", choices=sorted(BACKENDS), default=None)
     s.add_argument("--out", default=None)
     s.set_defaults(func=_simulate)
 

@@ -45,6 +45,8 @@ __all__ = [
     "Model",
     "sym",
     "RateOf",
+    "Rem",
+    "Quotient",
 ]
 
 #: The symbol for simulation time (SBML csymbol ``time``). Its name is not a valid SBML id,
@@ -59,6 +61,18 @@ class RateOf(sympy.Function):
     """SBML L3V2 csymbol ``rateOf``: the rate of change of its argument (a symbol)."""
 
     nargs = 1
+
+
+class Rem(sympy.Function):
+    """SBML/MathML ``rem``: truncated remainder, ``x - y*trunc(x/y)``."""
+
+    nargs = 2
+
+
+class Quotient(sympy.Function):
+    """SBML/MathML ``quotient``: ``trunc(x/y)``."""
+
+    nargs = 2
 
 
 def sym(element_id: str) -> sympy.Symbol:

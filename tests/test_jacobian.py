@@ -9,8 +9,8 @@ import sympy
 import kinabs
 from kinabs._errors import UnsupportedFeatureError
 from kinabs._lowering.jacobian import generate_jacobian, jacobian_entries
-from kinabs._lowering.ops import Rem, numpy_ops
-from kinabs._model import TIME, sym
+from kinabs._lowering.ops import numpy_ops
+from kinabs._model import TIME, Rem, sym
 from tests._models import robertson_model  # noqa: E402
 
 R = kinabs.SpeciesReference

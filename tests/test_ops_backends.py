@@ -11,8 +11,9 @@ import sympy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kinabs._lowering.ops import OPERATIONS, numpy_ops
 from kinabs._lowering.printer import Printer as _Printer
-from kinabs._lowering.ops import OPERATIONS, Quotient, Rem, numpy_ops
+from kinabs._model import Quotient, Rem
 
 
 def _backends():

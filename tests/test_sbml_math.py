@@ -12,8 +12,7 @@ import sympy
 from scipy.special import gamma
 
 from kinabs import ModelError, SBMLError, UnsupportedFeatureError
-from kinabs._lowering.ops import Quotient, Rem
-from kinabs._model import AVOGADRO, TIME, RateOf, sym
+from kinabs._model import AVOGADRO, TIME, Quotient, RateOf, Rem, sym
 from kinabs.sbml._math import MathConverter, sympy_from_ast
 
 X = sym("x")

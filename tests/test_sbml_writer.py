@@ -14,8 +14,7 @@ import sympy
 import kinabs
 from kinabs import Compartment, Model, ModelError, Parameter, Reaction, Species
 from kinabs import SpeciesReference as Ref
-from kinabs._lowering.ops import Quotient, Rem
-from kinabs._model import TIME, RateOf, sym
+from kinabs._model import TIME, Quotient, RateOf, Rem, sym
 from tests._shared import SHARED
 
 DATA = SHARED / "data" / "jaxkineticmodel"

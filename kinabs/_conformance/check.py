@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from kinabs._backend import BACKENDS as REGISTERED_BACKENDS
 from kinabs._conformance.backends import adam_training, loss_and_gradient, trajectories
 from kinabs._conformance.reference import ScipyReference
 from kinabs._conformance.report import CheckRow, ConformanceReport
@@ -76,7 +77,7 @@ from kinabs.sbml import load_sbml
 __all__ = ["ConformanceTolerances", "check_conformance", "DEFAULT_CONFORMANCE_SOLVER",
            "DEFAULT_TRAINING_SOLVER"]
 
-BACKENDS = ("jax", "torch")
+BACKENDS = tuple(REGISTERED_BACKENDS)
 SPACES = ("log", "linear")
 
 #: The backends' solver for the trajectory, loss and gradient checks: tight, because the

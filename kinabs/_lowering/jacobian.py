@@ -38,11 +38,10 @@ import numpy as np
 import sympy
 
 from kinabs._errors import UnsupportedFeatureError
-from kinabs._lowering.ops import Quotient, Rem
 from kinabs._lowering.powers import guard_powers
 from kinabs._lowering.printer import Printer, cse_block
 from kinabs._lowering.system import y_symbol
-from kinabs._model import TIME
+from kinabs._model import TIME, Quotient, Rem
 
 __all__ = ["generate_jacobian", "GeneratedJacobian", "BoundJacobian", "jacobian_entries"]
 

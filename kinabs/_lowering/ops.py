@@ -26,21 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import sympy
-
-__all__ = ["OPERATIONS", "ArrayApiOps", "Rem", "Quotient", "numpy_ops"]
-
-
-class Rem(sympy.Function):
-    """SBML/MathML ``rem``: truncated remainder, ``x - y*trunc(x/y)``."""
-
-    nargs = 2
-
-
-class Quotient(sympy.Function):
-    """SBML/MathML ``quotient``: ``trunc(x/y)``."""
-
-    nargs = 2
+__all__ = ["OPERATIONS", "ArrayApiOps", "numpy_ops"]
 
 
 #: name -> one-line meaning. Every backend's ops object implements all of them.

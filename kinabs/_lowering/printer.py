@@ -24,9 +24,8 @@ from collections.abc import Sequence
 import sympy
 
 from kinabs._errors import UnsupportedFeatureError
-from kinabs._lowering.ops import Quotient, Rem
 from kinabs._lowering.powers import PowerLog, PowerOf, plain_powers
-from kinabs._model import TIME
+from kinabs._model import TIME, Quotient, Rem
 
 __all__ = ["Printer", "cse_block", "print_float", "symbol_name"]
 

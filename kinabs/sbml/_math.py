@@ -38,8 +38,7 @@ from sympy.core.relational import Relational
 from sympy.logic.boolalg import Boolean, BooleanAtom, BooleanFunction
 
 from kinabs._errors import ModelError, SBMLError, UnsupportedFeatureError
-from kinabs._lowering.ops import Quotient, Rem
-from kinabs._model import AVOGADRO, TIME, RateOf, sym
+from kinabs._model import AVOGADRO, TIME, Quotient, RateOf, Rem, sym
 
 __all__ = ["MathConverter", "sympy_from_ast", "number"]
 

@@ -30,8 +30,7 @@ import libsbml
 import sympy
 
 from kinabs._errors import ModelError, UnsupportedFeatureError
-from kinabs._lowering.ops import Quotient, Rem
-from kinabs._model import TIME, Model, RateOf
+from kinabs._model import TIME, Model, Quotient, RateOf, Rem
 
 __all__ = ["sbml_string", "write_sbml"]
 
