@@ -18,10 +18,10 @@ from kinabs._model import sym
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from kinabs.backends.torch import _backend as torch_backend  # noqa: E402
+from kinabs.backends.torch import _simulate as torch_backend  # noqa: E402
 from kinabs.backends.torch import lowered  # noqa: E402
 from kinabs.backends.torch._ops import Columns  # noqa: E402
-from kinabs.backends.torch._stepfns import adjoint_functions  # noqa: E402
+from kinabs.backends.torch._solvers.stepfns import adjoint_functions  # noqa: E402
 from tests._models import forced_model, robertson_model  # noqa: E402
 
 R = kinabs.SpeciesReference

@@ -22,8 +22,8 @@ from kinabs.backends.torch import (  # noqa: E402
     VectorField,
     lowered,
 )
-from kinabs.backends.torch import _backend as torch_backend  # noqa: E402
-from kinabs.backends.torch._solvers import _attempt, _coefficients  # noqa: E402
+from kinabs.backends.torch import _simulate as torch_backend  # noqa: E402
+from kinabs.backends.torch._solvers.rosenbrock import _attempt, _coefficients  # noqa: E402
 from tests._models import robertson_model  # noqa: E402
 
 TIGHT = kinabs.SolverOptions(rtol=1e-10, atol=1e-12)

@@ -18,8 +18,9 @@ from kinabs._model import TIME, sym
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from kinabs.backends.torch import _backend as torch_backend  # noqa: E402
-from kinabs.backends.torch import _checkpoint, lowered  # noqa: E402
+from kinabs.backends.torch import _simulate as torch_backend  # noqa: E402
+from kinabs.backends.torch import lowered  # noqa: E402
+from kinabs.backends.torch._solvers import checkpoint as _checkpoint  # noqa: E402
 from tests._models import forced_model  # noqa: E402
 
 R = kinabs.SpeciesReference

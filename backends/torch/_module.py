@@ -1,4 +1,4 @@
-"""Lowering to torch: generated functions bound to :class:`TorchOps`, and ``VectorField``.
+"""An ODE system as a torch module: ``VectorField``, and what its solve returns.
 
 Example:
     >>> import numpy as np, torch, kinabs
@@ -26,61 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kinabs._errors import UnsupportedFeatureError
-from kinabs.backends.torch._ops import TorchOps
+from kinabs._lowering.system import as_system
+from kinabs.backends.torch._lowered import Lowered, lowered
+from kinabs.backends.torch._simulate import solve
 
-__all__ = ["VectorField", "lowered", "Lowered", "TorchSolution"]
-
-
-@dataclass(frozen=True)
-class Lowered:
-    """A system's functions on one torch device and dtype: the generated ``fns``
-    (init, rates, rhs, outputs, to_state), the Jacobian pair ``jac``/``dfdt``
-    (symbolic when kinabs can print it, else torch.func forward mode) and, for small
-    systems with a symbolic Jacobian, the solver's step functions (``_stepfns``)."""
-
-    fns: Any
-    jac: Any
-    dfdt: Any
-    symbolic_jacobian: bool
-    #: the solver's per-stage functions with fewer operations (``_stepfns``), or None
-    step: Any = None
-
-
-def lowered(system, device: Any = None, dtype: torch.dtype = torch.float64) -> Lowered:
-    """The system's functions bound to torch on ``device``/``dtype`` (made once each)."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    key = ("torch", str(device), str(dtype))
-    out = system._cache.get(key)
-    if out is None:
-        ops = TorchOps(device, dtype)
-        fns = system.generated.bind(ops)
-        try:
-            from kinabs._lowering.jacobian import generate_jacobian
-            from kinabs.backends.torch._stepfns import step_functions
-
-            bound = generate_jacobian(system).bind(ops)
-            out = Lowered(fns, bound.jac, bound.dfdt, True,
-                          step_functions(system, device, dtype))
-        except UnsupportedFeatureError:
-            out = Lowered(fns, *_autodiff_jacobian(fns.rhs), False)
-        system._cache[key] = out
-    return out
-
-
-def _autodiff_jacobian(rhs):
-    """Jacobian and time derivative of a batched rhs by forward-mode autodiff."""
-
-    def jac(t, y, k):
-        # Members are independent: d(sum_b f_b)/dy_b is member b's Jacobian.
-        j = torch.func.jacfwd(lambda yy: rhs(t, yy, k).sum(0))(y)  # (S, B, S)
-        return j.permute(1, 0, 2)
-
-    def dfdt(t, y, k):
-        t = torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(y.shape[:1])
-        return torch.func.jvp(lambda tt: rhs(tt, y, k), (t,), (torch.ones_like(t),))[1]
-
-    return jac, dfdt
+__all__ = ["VectorField", "TorchSolution"]
 
 
 @dataclass(frozen=True)
@@ -114,8 +64,6 @@ class VectorField(torch.nn.Module):
                  log_space: bool = False, t0: float = 0.0, dtype: torch.dtype = torch.float64,
                  device: Any = None) -> None:
         super().__init__()
-        from kinabs._lowering.system import as_system
-
         self.system = as_system(system)
         sysm = self.system
         values = np.asarray(sysm.parameter_defaults if parameters is None else parameters,
@@ -191,9 +139,8 @@ class VectorField(torch.nn.Module):
 
     def solve(self, times: Any, *, y0: torch.Tensor | None = None, solver: Any = None,
               adjoint: Any = None) -> TorchSolution:
-        """Solve from ``t0`` and save the states at ``times`` (see :func:`solve`)."""
-        from kinabs.backends.torch._backend import solve
-
+        """Solve from ``t0`` and save the states at ``times`` (see
+        :func:`kinabs.backends.torch.solve`)."""
         times = torch.as_tensor(times, dtype=self.dtype, device=self.device)
         y_init, k = self.initial()
         if y0 is not None:

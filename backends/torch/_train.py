@@ -16,7 +16,7 @@ it on JAX. A member is frozen by leaving its gradient ``None``: torch.optim opti
 such tensors entirely (no momentum step, no state change); its values are also restored
 after the step, for optimisers that do not skip.
 
-Gradients are those of the accepted steps of the solver (``_backend.solve``: a discrete
+Gradients are those of the accepted steps of the solver (``_simulate.solve``: a discrete
 adjoint, steps redone with autograd, or autograd through torchdiffeq). The state is
 copied at the start of :meth:`TorchTrainingProgram.run`, so a state kept in a
 :class:`~kinabs.TrainingResults` can be resumed more than once, as on JAX.
@@ -48,12 +48,13 @@ import torch
 from kinabs._errors import BackendError
 from kinabs._losses import DEFAULT_TERMS
 from kinabs._problem import FitProblem, TrainingProgram
-from kinabs.backends.torch._backend import _adjoint_flag, solve
-from kinabs.backends.torch._module import lowered
-from kinabs.backends.torch._solvers import Rosenbrock, TorchDiffEq
+from kinabs._stages import solve_stages
+from kinabs.backends.torch._lowered import lowered
+from kinabs.backends.torch._simulate import solve, torch_solver, uses_backsolve
+from kinabs.backends.torch._solvers import TorchDiffEq
 
 __all__ = ["TorchTrainingProgram", "AdaBelief", "ClipUpdates", "default_optimizer",
-           "check_optimizer", "CHUNK"]
+           "check_optimizer", "make_optimizer", "CHUNK"]
 
 #: Iterations per call of :meth:`TorchTrainingProgram.run` (as on JAX: failed starts are
 #: resampled between chunks, so the same chunk keeps the two backends' fits alike).
@@ -144,10 +145,10 @@ def default_optimizer() -> ClipUpdates:
     return ClipUpdates(functools.partial(AdaBelief, lr=1e-3), math.log(4.0))
 
 
-def _probe_optimizer(factory: Any) -> torch.optim.Optimizer:
-    dummy = [torch.zeros(1, dtype=_DTYPE, requires_grad=True)]
+def make_optimizer(factory: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """``factory(params)``, or a BackendError saying how to give a torch optimizer."""
     try:
-        opt = factory(dummy)
+        opt = factory(params)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
         raise BackendError(
             f"the torch optimizer factory {factory!r} failed when called with a list of "
@@ -188,16 +189,7 @@ def check_optimizer(optimizer: Any) -> None:
             f"the torch backend needs a torch.optim optimizer class or factory; got "
             f"{type(optimizer).__name__}. E.g. functools.partial(torch.optim.Adam, lr=1e-3)."
         )
-    _probe_optimizer(optimizer)
-
-
-def _training_solver(opts):
-    """The solver of a training run: ``"auto"`` is the Rosenbrock method on torch (each
-    start keeps its own step size, so one start's stiffness neither slows nor changes the
-    others; torchdiffeq shares one step size across the batch)."""
-    if opts.method == "auto":
-        return dataclasses.replace(opts, method=Rosenbrock())
-    return opts
+    make_optimizer(optimizer, [torch.zeros(1, dtype=_DTYPE, requires_grad=True)])
 
 
 class _State:
@@ -225,15 +217,14 @@ class TorchTrainingProgram(TrainingProgram):
         self.chunk = CHUNK
         self._clip = optimizer.max_norm if isinstance(optimizer, ClipUpdates) else None
         pb = problem
-        self.solver = _training_solver(pb.solver)
-        method = self.solver.method
-        explicit = method == "nonstiff" or isinstance(method, TorchDiffEq)
-        if not (explicit or method == "stiff" or isinstance(method, Rosenbrock)):
-            raise BackendError(
-                f"the torch backend cannot use solver {method!r}: give 'auto', 'stiff', "
-                "'nonstiff', kinabs.backends.torch.Rosenbrock(...) or TorchDiffEq('dopri5')."
-            )
-        _adjoint_flag(pb.adjoint, explicit)  # unsupported adjoints fail here, not mid-fit
+        # "auto" is the Rosenbrock solver here: each start keeps its own step size, so one
+        # start's stiffness neither slows nor changes the others (torchdiffeq shares one
+        # step size across the batch)
+        (stage,) = solve_stages(pb.solver, explicit_cap=None)
+        method = torch_solver(stage.method)
+        self.solver = dataclasses.replace(pb.solver, method=method, max_steps=stage.max_steps)
+        # unsupported adjoints fail here, not mid-fit
+        uses_backsolve(pb.adjoint, isinstance(method, TorchDiffEq))
         self._low = lowered(pb.system, _DEVICE, _DTYPE)
 
         def tensor(a, dtype=_DTYPE):
@@ -409,16 +400,9 @@ class TorchTrainingProgram(TrainingProgram):
         return recorded
 
     # -- state ----------------------------------------------------------------------
-    def _make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        opt = self.optimizer(params)
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise BackendError(f"the optimizer factory returned {type(opt).__name__}, not a "
-                               "torch.optim.Optimizer.")
-        return opt
-
     def _copy(self, state: _State) -> _State:
         params = [p.detach().clone().requires_grad_(True) for p in state.params]
-        opt = self._make_optimizer(params)
+        opt = make_optimizer(self.optimizer, params)
         # load_state_dict keeps tensors that already have the right dtype and device, and
         # optimizers update their state in place: copy it, or the old state would move
         opt.load_state_dict(copy.deepcopy(state.optimizer.state_dict()))
@@ -430,8 +414,8 @@ class TorchTrainingProgram(TrainingProgram):
         params = [torch.tensor(row, dtype=_DTYPE, device=_DEVICE, requires_grad=True)
                   for row in th]
         n = th.shape[0]
-        return _State(params, self._make_optimizer(params), np.zeros(n, dtype=np.int64),
-                      np.zeros(n, dtype=bool))
+        return _State(params, make_optimizer(self.optimizer, params),
+                      np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
 
     def run(self, state, n_iter):
         state = self._copy(state)
@@ -472,12 +456,6 @@ class TorchTrainingProgram(TrainingProgram):
             loss, _, _, ok = self._value_and_grad(params, members)
             out[members[ok]] = loss[ok]
         return out
-
-    def loss(self, theta):
-        with torch.no_grad():
-            loss, status = self._loss_batch(torch.as_tensor(np.asarray(theta), dtype=_DTYPE,
-                                                            device=_DEVICE))
-        return loss.cpu().numpy(), status
 
     def value_and_grad(self, theta: np.ndarray):
         """Loss, status and gradient (in the optimisation space) of each row of ``theta``

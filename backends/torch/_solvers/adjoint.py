@@ -3,7 +3,7 @@
 The solve runs without autograd and records its accepted steps (:class:`Tape`); the
 backward pass then walks them in reverse, computing for each step exactly what autograd
 would (the gradient of the computed solution, not of the ODE's), with generated
-vector-Jacobian products (``_stepfns.AdjointFunctions``) instead of one recorded
+vector-Jacobian products (``stepfns.AdjointFunctions``) instead of one recorded
 operation per scalar operation of every stage.
 
 For one step ``W = I / (h gamma) - J(y)``, ``Y_i = y + sum_j A_ij U_j``,
@@ -17,14 +17,14 @@ For one step ``W = I / (h gamma) - J(y)``, ``Y_i = y + sum_j A_ij U_j``,
 
 and ``y^ += d<J^, J(y, q)>/dy``, ``q^ += d<J^, J(y, q)>/dq`` (second derivatives, printed
 by sympy). Members that did not accept a step pass their adjoint through unchanged.
-``q`` are the hoisted constants (``_stepfns``): autograd carries their gradient on to
+``q`` are the hoisted constants (``stepfns``): autograd carries their gradient on to
 the parameters, through ``prep`` (once per solve).
 
 Costs: the forward evaluates ``rhs_jac`` (right-hand side and Jacobian, one fused call)
 at every stage, so the backward's ``f_y(Y_i)^T r_i^`` is one batched matmul; the
 constants' part ``f_q(Y_i)^T r_i^`` (and the one of ``J``) feeds nothing back into the
 steps, so it is one call over every stage of every step at the end. Both passes run in
-inference mode, on one thread for small systems (``_solvers.single_threaded``).
+inference mode, on one thread for small systems (``rosenbrock.single_threaded``).
 
 Only for autonomous systems with step functions; other solves use autograd.
 """
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from kinabs.backends.torch._ops import Columns
-from kinabs.backends.torch._solvers import (
+from kinabs.backends.torch._solvers.rosenbrock import (
     Tape,
     first_derivatives_only,
     mixing,

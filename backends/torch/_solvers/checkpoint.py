@@ -11,18 +11,18 @@ for each, redoes the step with autograd on and takes the vector-Jacobian product
 result with the state's adjoint. Memory: one state per step plus one step's graph.
 
 The gradient is autograd's through the same steps: the redone step is the forward's
-(the same function, :func:`_solvers.step_function`, on the same inputs), only the members
+(the same function, :func:`rosenbrock.step_function`, on the same inputs), only the members
 that accepted are redone (a rejected member's NaN never meets the gradient), and the
 step sizes are not differentiated (as in diffrax and the discrete adjoint).
 
 Used for every Rosenbrock solve whose gradient is wanted and which has no discrete
-adjoint (``_adjoint``): systems that depend on time, and those too large for the
+adjoint (``adjoint``): systems that depend on time, and those too large for the
 generated step functions. The discrete adjoint is faster where it applies (no redone
 steps, no autograd); this path is general.
 
 Example:
     >>> import torch
-    >>> from kinabs.backends.torch._checkpoint import checkpointed_rosenbrock_solve
+    >>> from kinabs.backends.torch._solvers.checkpoint import checkpointed_rosenbrock_solve
     >>> rhs = lambda t, y, k: -k * y * (1 + t[:, None])
     >>> jac = lambda t, y, k: (-k * (1 + t[:, None]))[..., None]
     >>> dfdt = lambda t, y, k: -k * y
@@ -42,14 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from kinabs.backends.torch._solvers import (
-    RODAS5,
+from kinabs.backends.torch._solvers.rosenbrock import (
     Tape,
     first_derivatives_only,
     rosenbrock_solve,
     single_threaded,
     step_function,
 )
+from kinabs.backends.torch._solvers.tableaus import RODAS5
 
 __all__ = ["checkpointed_rosenbrock_solve"]
 

@@ -1,19 +1,19 @@
-"""Solvers on torch: an adaptive Rosenbrock method (stiff) and torchdiffeq (explicit).
+"""The stiff solver on torch: an adaptive, batched Rosenbrock method.
 
-Every solver takes batched tensors (``y0``: (B, S), ``k``: (B, K)) and returns
+It takes batched tensors (``y0``: (B, S), ``k``: (B, K)) and returns
 ``(ys (B, T, S), status (B,) numpy, steps (B,) numpy)`` with status codes of
-``kinabs._backend.STATUS``. Save times are hit exactly (steps are clipped to them), so no
-dense output is needed. Gradients flow by autograd through the accepted steps (or, with
-a tape, by ``_adjoint`` or ``_checkpoint``); step-size decisions are not differentiated
-(as in diffrax).
+``kinabs._backend.STATUS``, as the explicit solver (``explicit``) does. Save times are
+hit exactly (steps are clipped to them), so no dense output is needed. Gradients flow by
+autograd through the accepted steps (or, with a tape, by ``adjoint`` or ``checkpoint``);
+step-size decisions are not differentiated (as in diffrax).
 
-The Rosenbrock solver gives each batch member its own time and step size; one loop
-advances all members together (finished ones are masked), so the number of torch
-operations per step does not grow with the batch.
+Each batch member has its own time and step size; one loop advances all members together
+(finished ones are masked), so the number of torch operations per step does not grow with
+the batch.
 
 Example:
     >>> import torch
-    >>> from kinabs.backends.torch._solvers import rosenbrock_solve
+    >>> from kinabs.backends.torch._solvers.rosenbrock import rosenbrock_solve
     >>> rhs = lambda t, y, k: -k * y
     >>> jac = lambda t, y, k: -k[..., None] * torch.eye(1, dtype=y.dtype)
     >>> y0 = torch.ones(2, 1, dtype=torch.float64)
@@ -33,22 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kinabs.backends.torch._tableaus import RODAS4, RODAS5, RosenbrockTableau
+from kinabs.backends.torch._solvers.tableaus import RODAS5, RosenbrockTableau
 
 __all__ = [
-    "RODAS4", "RODAS5", "Rosenbrock", "TorchDiffEq", "rosenbrock_solve", "explicit_solve",
-    "Tape", "TapeStep", "Checkpoint", "single_threaded", "step_function",
-    "first_derivatives_only",
+    "Rosenbrock", "rosenbrock_solve", "Tape", "TapeStep", "Checkpoint", "single_threaded",
+    "step_function", "first_derivatives_only", "mixing",
 ]
 
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
-#: What the explicit solver sees instead of a NaN or infinite derivative: a finite value,
-#: so that the step's error is huge rather than NaN, and the step is rejected and shrunk.
-_NAN_STANDIN = 1e300
-
-
-class _StepCapReached(Exception):
-    """An explicit solve attempted more than ``max_steps`` steps (status 1)."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +49,6 @@ class Rosenbrock:
     pass ``SolverOptions(method=Rosenbrock(...))`` to choose one."""
 
     tableau: RosenbrockTableau = RODAS5
-
-
-@dataclass(frozen=True)
-class TorchDiffEq:
-    """An explicit torchdiffeq method by name (``"dopri5"``, ``"dopri8"``, ``"bosh3"``...);
-    pass ``SolverOptions(method=TorchDiffEq("dopri8"))`` to choose one."""
-
-    method: str = "dopri5"
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +107,8 @@ def single_threaded(x: torch.Tensor):
 
 
 def first_derivatives_only() -> None:
-    """Called first in the backward pass of a solve's own gradient (``_adjoint``,
-    ``_checkpoint``): those passes are not differentiable themselves, so a second
+    """Called first in the backward pass of a solve's own gradient (``adjoint``,
+    ``checkpoint``): those passes are not differentiable themselves, so a second
     derivative through them (``create_graph=True``, which runs the backward with grad
     mode on) would silently miss the solve's part. Raise instead."""
     if torch.is_grad_enabled():
@@ -299,7 +283,7 @@ def rosenbrock_solve(
     docstring). ``jac(t, y, k) -> (B, S, S)``; ``dfdt`` is ``None`` for autonomous systems;
     ``rhs_jac(t, y, k) -> (rhs, jac)`` (optional) computes both in one call. With a
     ``tape`` (and autograd off), every accepted step is recorded on it for a discrete
-    adjoint (``_adjoint``). ``breaks``: times where the vector field may jump (see
+    adjoint (``adjoint``). ``breaks``: times where the vector field may jump (see
     ``Generated.time_breaks``); a step ends just before each and the next starts just
     after it, so that no step's stages straddle a jump."""
     with single_threaded(y0):
@@ -432,7 +416,7 @@ class TapeStep:
 class Checkpoint:
     """One loop iteration in which some members accepted, as a light tape records it:
     ``accept`` (B,) which did, from time ``t`` (B,) and state ``y`` with step ``h`` (B,);
-    ``snap`` as in :class:`TapeStep`. Enough to redo the step (``_checkpoint``)."""
+    ``snap`` as in :class:`TapeStep`. Enough to redo the step (``checkpoint``)."""
 
     accept: torch.Tensor
     t: torch.Tensor
@@ -461,63 +445,3 @@ def _advance_saves(nxt, snap_idx, ts_np, t, members, snap) -> None:
         while nxt[m] < n_t and ts_np[nxt[m]] <= t[m]:
             snap_idx[m, nxt[m]] = snap
             nxt[m] += 1
-
-
-#: torchdiffeq's adaptive Runge-Kutta methods (they take ``jump_t``)
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
-
-
-def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
-                   k: torch.Tensor, *, method: str = "dopri5", rtol: float = 1e-8,
-                   atol: float = 1e-10, max_steps: int = 100_000, dt0: float | None = None,
-                   adjoint: bool = False, breaks: Sequence[float] = ()):
-    """Solve with torchdiffeq (one shared step size for the batch). A failure fails every
-    member: status 1 (max_steps) or 3 (step size underflow or another solver error).
-    ``breaks``: times where the vector field may jump (torchdiffeq's ``jump_t``, for its
-    adaptive solvers)."""
-    import torchdiffeq
-
-    b = y0.shape[0]
-    t_all, inverse = torch.unique(torch.cat([ts.new_tensor([float(t0)]), ts]),
-                                  return_inverse=True)
-    if t_all.shape[0] == 1:
-        ys = y0[:, None, :].expand(b, ts.shape[0], y0.shape[-1])
-        return ys, np.zeros(b, np.int64), np.zeros(b, np.int64)
-    options = {"max_num_steps": int(max_steps)}
-    if dt0:
-        options["first_step"] = float(dt0)
-    inside = [x for x in breaks if float(t_all[0]) < x < float(t_all[-1])]
-    if inside and method in _ADAPTIVE:
-        options["jump_t"] = torch.tensor(inside, dtype=y0.dtype, device=y0.device)
-
-    def func(t, y):
-        # A NaN or infinite derivative at a trial stage (e.g. a rate law undefined past a
-        # threshold that the step overshoots) must reject the step, as a large error does;
-        # torchdiffeq would turn a NaN error (or inf - inf) into a NaN step size and stop.
-        return torch.nan_to_num(rhs(t, y, k), nan=_NAN_STANDIN, posinf=_NAN_STANDIN,
-                                neginf=-_NAN_STANDIN)
-
-    # torchdiffeq's max_num_steps counts the steps between two output times, not the
-    # solve's: with 50 save times a cap of 2,000 let a stiff model take 100,000 steps.
-    # Count every attempted step of the solve ourselves.
-    attempted = [0]
-
-    def count_step(t0, y0, dt):
-        attempted[0] += 1
-        if attempted[0] > max_steps:
-            raise _StepCapReached
-
-    func.callback_step = count_step
-    solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
-    extra = {"adjoint_params": (k,), "adjoint_options": {"norm": "seminorm"}} if adjoint else {}
-    try:
-        sol = solve(func, y0, t_all, rtol=rtol, atol=atol, method=method, options=options,
-                    **extra)
-    except (AssertionError, _StepCapReached) as exc:
-        code = 1 if isinstance(exc, _StepCapReached) or "max_num_steps" in str(exc) else 3
-        ys = torch.full((b, ts.shape[0], y0.shape[-1]), math.nan, dtype=y0.dtype,
-                        device=y0.device)
-        return ys, np.full(b, code, np.int64), np.full(b, -1, np.int64)
-    ys = sol[inverse[1:]].transpose(0, 1)  # (T, B, S) -> (B, T, S)
-    finite = torch.isfinite(ys).all(dim=(1, 2)).cpu().numpy()
-    return ys, np.where(finite, 0, 2).astype(np.int64), np.full(b, -1, np.int64)
