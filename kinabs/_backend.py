@@ -49,7 +49,35 @@ class RawSolution:
 
 
 class Backend(ABC):
-    """One array library's way of simulating (and, later, training) a system."""
+    """One array library's way of simulating (and, later, training) a system.
+
+    Users pick a backend by name (``backend="torch"``); :func:`kinabs.simulate` and
+    :class:`kinabs.Trainer` call its methods, which take and return numpy arrays.
+
+    Example:
+        The raw solve behind ``kinabs.simulate``, for ``A ->`` at rate ``k*A`` with
+        ``k = 0.5`` and ``k = 1`` (the free parameters are ``k`` and the compartment size):
+
+        >>> import kinabs, numpy as np
+        >>> b = kinabs.ModelBuilder("decay")
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.parameter("k", 0.5)
+        k
+        >>> b.reaction("r", "A ->", rate="k*A")
+        r
+        >>> system = kinabs.lower(b.build())
+        >>> backend = kinabs.get_backend("torch")
+        >>> isinstance(backend, kinabs.Backend), backend.name
+        (True, 'torch')
+        >>> times, parameters = np.array([0.0, 2.0]), np.array([[0.5, 1.0], [1.0, 1.0]])
+        >>> raw = backend.simulate(system, times, parameters, t0=0.0, y0=None, y0_mask=None,
+        ...                        output_index=np.array([0]), solver=kinabs.SolverOptions())
+        >>> raw.ys.shape, raw.status.tolist()  # (batch, times, outputs); 0 is success
+        ((2, 2, 1), [0, 0])
+        >>> raw.ys[:, -1, 0].round(6)  # exp(-1), exp(-2)
+        array([0.367879, 0.135335])
+    """
 
     name: str = ""
 
@@ -136,7 +164,20 @@ def resolve_backend_name(name: str | None) -> str:
 
 
 def get_backend(name: str | None = None) -> Backend:
-    """The backend called ``name`` (see the module docstring for the default)."""
+    """The backend called ``name`` (see the module docstring for the default).
+
+    The backend's module is imported on the first call, and its one instance is kept.
+
+    Example:
+        >>> import kinabs
+        >>> backend = kinabs.get_backend("jax")
+        >>> backend.name, backend is kinabs.get_backend("jax")
+        ('jax', True)
+        >>> kinabs.get_backend("numpy")
+        Traceback (most recent call last):
+            ...
+        kinabs._errors.BackendError: unknown backend 'numpy' (from backend=); choose one of ['jax', 'torch'].
+    """
     name = resolve_backend_name(name)
     if name not in _INSTANCES:
         module, install = BACKENDS[name]

@@ -82,7 +82,20 @@ def sym(element_id: str) -> sympy.Symbol:
 
 @dataclass(frozen=True)
 class Compartment:
-    """A compartment. ``size`` is its initial size (``None`` when only a rule gives it)."""
+    """A compartment. ``size`` is its initial size (``None`` when only a rule gives it).
+
+    Example:
+        >>> import kinabs
+        >>> kinabs.load_sbml(kinabs.example_model_path()).compartments["cell"]
+        Compartment(id='cell', size=1.0, constant=True, spatial_dimensions=3.0, name='cell')
+        >>> b = kinabs.ModelBuilder("growing")
+        >>> b.compartment("V", size=1.0)
+        V
+        >>> b.rate_rule("V", "0.1*V")  # a rule makes the size non-constant
+        V
+        >>> b.build().compartments["V"].constant
+        False
+    """
 
     id: str
     size: float | None = 1.0
@@ -94,7 +107,17 @@ class Compartment:
 @dataclass(frozen=True)
 class Species:
     """A species. Exactly one of ``initial_amount``/``initial_concentration`` is normally set
-    (both ``None`` when an initial assignment or an assignment rule gives the value)."""
+    (both ``None`` when an initial assignment or an assignment rule gives the value).
+
+    Example:
+        >>> import kinabs
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> php = model.species["php"]
+        >>> php.name, php.compartment, php.initial_concentration
+        ('phosphohydroxypyruvate', 'cell', 0.6)
+        >>> model.species["p3g"].boundary_condition  # no reaction changes it
+        True
+    """
 
     id: str
     compartment: str
@@ -110,7 +133,17 @@ class Species:
 @dataclass(frozen=True)
 class Parameter:
     """A global parameter, or a local one (then ``reaction`` is the owning reaction's id
-    and ``id`` is ``"<reaction>.<local id>"``)."""
+    and ``id`` is ``"<reaction>.<local id>"``).
+
+    Example:
+        >>> import kinabs
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> kcat = model.parameters["PDH.kcatA"]  # local to reaction PDH
+        >>> kcat.value, kcat.reaction, kcat.local_id
+        (0.55, 'PDH', 'kcatA')
+        >>> kinabs.Parameter("k", 0.5).local_id  # a global one
+        'k'
+    """
 
     id: str
     value: float | None
@@ -127,7 +160,22 @@ class Parameter:
 @dataclass(frozen=True)
 class SpeciesReference:
     """A reactant or product of a reaction. ``id`` is the L3 species-reference id, if any;
-    when a rule or initial assignment targets that id, it overrides ``stoichiometry``."""
+    when a rule or initial assignment targets that id, it overrides ``stoichiometry``.
+
+    Example:
+        >>> import kinabs
+        >>> b = kinabs.ModelBuilder("dimer")
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.species("A2", initial_concentration=0.0)
+        A2
+        >>> b.parameter("k", 1.0)
+        k
+        >>> b.reaction("dimerise", "2 A -> A2", rate="k*A^2")
+        dimerise
+        >>> b.build().reactions["dimerise"].reactants
+        (SpeciesReference(species='A', stoichiometry=2.0, id=None),)
+    """
 
     species: str
     stoichiometry: float = 1.0
@@ -136,7 +184,18 @@ class SpeciesReference:
 
 @dataclass(frozen=True)
 class Reaction:
-    """A reaction with its rate law in substance per time."""
+    """A reaction with its rate law in substance per time.
+
+    Example:
+        >>> import kinabs
+        >>> pdh = kinabs.load_sbml(kinabs.example_model_path()).reactions["PDH"]
+        >>> pdh.name, pdh.reversible
+        ('phosphoglycerate dehydrogenase', True)
+        >>> [r.species for r in pdh.reactants], [r.species for r in pdh.products]
+        (['p3g'], ['php'])
+        >>> sorted(str(s) for s in pdh.rate.free_symbols)
+        ['PDH.KAp3g', 'PDH.KAphp', 'PDH.KiAser', 'PDH.kcatA', 'cell', 'p3g', 'php', 'ser', 'serA']
+    """
 
     id: str
     rate: sympy.Expr
@@ -152,6 +211,19 @@ class Model:
     """A kinetic model: the one type that the SBML reader and the builder produce.
 
     All mappings keep the order of the source (SBML document order or build order).
+
+    Example:
+        >>> import kinabs
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> model
+        Model(id='BIOMD0000000458', compartments=1, species=7, parameters=10, reactions=3, rules=0+0, initial_assignments=0)
+        >>> list(model.reactions), model.kinetic_parameters[:2]
+        (['PDH', 'PSA', 'PSP'], ('PDH.kcatA', 'PDH.KAp3g'))
+        >>> faster = model.with_parameters({"PDH.kcatA": 1.1})  # a copy
+        >>> faster.parameter_values()["PDH.kcatA"], model.parameter_values()["PDH.kcatA"]
+        (1.1, 0.55)
+        >>> faster.fingerprint() == model.fingerprint()
+        False
     """
 
     id: str = "model"

@@ -34,6 +34,27 @@ class SolverOptions:
         rtol, atol: relative and absolute tolerances of the adaptive step-size controller.
         max_steps: the most steps one solve may take; more is reported as a failure.
         dt0: the first step size (``None``: chosen automatically).
+
+    Example:
+        Options are checked when made, and go to ``simulate``, ``Trainer`` and
+        ``check_conformance`` as ``solver=``:
+
+        >>> import kinabs
+        >>> opts = kinabs.SolverOptions(method="stiff", rtol=1e-6, atol=1e-9)
+        >>> opts.method, opts.rtol, opts.max_steps
+        ('stiff', 1e-06, 100000)
+        >>> kinabs.SolverOptions(rtol=0)
+        Traceback (most recent call last):
+            ...
+        kinabs._errors.DataError: SolverOptions.rtol must be a positive number; got 0.
+        >>> b = kinabs.ModelBuilder("decay")
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.reaction("r", "A ->", rate="A")
+        r
+        >>> few = kinabs.SolverOptions(method="nonstiff", max_steps=2)
+        >>> kinabs.simulate(b.build(), [0.0, 10.0], solver=few, on_failure="nan").status
+        ('max_steps_reached',)
     """
 
     method: Literal["auto", "stiff", "nonstiff"] | Any = "auto"
@@ -70,6 +91,20 @@ class AdjointOptions:
             (continuous adjoint: solve backwards in time; low memory, approximate), or
             ``"forward"`` (forward-mode sensitivities; fast for few parameters).
         checkpoints: number of checkpoints for ``"checkpoint"`` (``None``: automatic).
+
+    Example:
+        >>> import kinabs
+        >>> kinabs.AdjointOptions("forward")
+        AdjointOptions(method='forward', checkpoints=None)
+        >>> trainer = kinabs.Trainer(model=kinabs.load_sbml(kinabs.example_model_path()),
+        ...                          data=kinabs.example_data_path(), progress=False,
+        ...                          adjoint=kinabs.AdjointOptions(checkpoints=16))
+        >>> trainer.adjoint
+        AdjointOptions(method='checkpoint', checkpoints=16)
+        >>> kinabs.AdjointOptions("adjoint")
+        Traceback (most recent call last):
+            ...
+        kinabs._errors.DataError: AdjointOptions.method must be one of ('checkpoint', 'backsolve', 'forward'); got 'adjoint'.
     """
 
     method: Literal["checkpoint", "backsolve", "forward"] = "checkpoint"

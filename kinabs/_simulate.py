@@ -29,12 +29,49 @@ _SPECIES_UNITS = ("concentration", "amount")
 
 
 def amount(species_id: str) -> tuple[str, str]:
-    """Ask for a species' amount in ``simulate(outputs=...)``."""
+    """Ask for a species' amount in ``simulate(outputs=...)``.
+
+    Example:
+        A species at concentration 1 in a compartment of size 2 has amount 2:
+
+        >>> import kinabs
+        >>> b = kinabs.ModelBuilder("cell")
+        >>> b.compartment("cell", size=2.0)
+        cell
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> kinabs.amount("A")
+        ('amount', 'A')
+        >>> result = kinabs.simulate(b.build(), [0.0, 1.0], outputs=[kinabs.amount("A")])
+        >>> result.columns, result.values[0, :, 0].tolist()
+        (('A',), [2.0, 2.0])
+    """
     return ("amount", species_id)
 
 
 def concentration(species_id: str) -> tuple[str, str]:
-    """Ask for a species' concentration in ``simulate(outputs=...)``."""
+    """Ask for a species' concentration in ``simulate(outputs=...)``.
+
+    Both units of one species in one call give the columns ``"S [concentration]"`` and
+    ``"S [amount]"``.
+
+    Example:
+        With ``species_units="amount"`` a plain id means the amount; ``concentration``
+        still asks for the concentration (here 2 in a compartment of size 0.5):
+
+        >>> import kinabs
+        >>> b = kinabs.ModelBuilder("cell")
+        >>> b.compartment("cell", size=0.5)
+        cell
+        >>> b.species("A", initial_amount=1.0)
+        A
+        >>> kinabs.concentration("A")
+        ('concentration', 'A')
+        >>> result = kinabs.simulate(b.build(), [0.0], species_units="amount",
+        ...                          outputs=["A", kinabs.concentration("A")])
+        >>> result.columns, result.values[0, 0].tolist()
+        (('A [amount]', 'A [concentration]'), [1.0, 2.0])
+    """
     return ("concentration", species_id)
 
 
@@ -49,6 +86,26 @@ class SimulationResult:
             ``"S [amount]"`` when both units of one species were asked for).
         status: (B,) status names (``"success"``, ``"max_steps_reached"``, ...).
         steps: (B,) accepted solver steps.
+
+    Example:
+        >>> import kinabs, numpy as np
+        >>> b = kinabs.ModelBuilder("decay")
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.parameter("k", 1.0)
+        k
+        >>> b.reaction("r", "A ->", rate="k*A")
+        r
+        >>> result = kinabs.simulate(b.build(), [0.0, 1.0, 2.0], outputs=["A", "r"],
+        ...                          parameters=[{"k": 1.0}, {"k": 2.0}])
+        >>> len(result), result.values.shape, result.ok, result.status
+        (2, (2, 3, 2), True, ('success', 'success'))
+        >>> result.to_frame(1).round(4)  # A = exp(-2 t), the rate r = 2 A
+                   A       r
+        time
+        0.0   1.0000  2.0000
+        1.0   0.1353  0.2707
+        2.0   0.0183  0.0366
     """
 
     times: np.ndarray
@@ -164,6 +221,31 @@ def simulate(
         backend: ``"jax"`` or ``"torch"`` (default: ``KINABS_BACKEND``, else ``"jax"``).
         on_failure: ``"raise"`` (default) raises :class:`kinabs.SimulationError` when a solve
             fails; ``"nan"`` returns NaN values with the failure in ``result.status``.
+
+    Returns:
+        a :class:`kinabs.SimulationResult` (``.values`` (B, T, O), ``.to_frame()``).
+
+    Example:
+        A first-order decay ``A ->`` at rate ``k*A`` has ``A(t) = exp(-k t)``; two values
+        of ``k`` are one batched solve:
+
+        >>> import kinabs, numpy as np
+        >>> b = kinabs.ModelBuilder("decay")
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.parameter("k", 0.5)
+        k
+        >>> b.reaction("r", "A ->", rate="k*A")
+        r
+        >>> times = np.array([0.0, 1.0, 2.0])
+        >>> result = kinabs.simulate(b.build(), times, parameters=[{"k": 0.5}, {"k": 1.0}])
+        >>> result.status
+        ('success', 'success')
+        >>> result.values[:, :, 0].round(6)
+        array([[1.      , 0.606531, 0.367879],
+               [1.      , 0.367879, 0.135335]])
+        >>> bool(np.allclose(result.values[1, :, 0], np.exp(-times), rtol=1e-6))
+        True
     """
     if species_units not in _SPECIES_UNITS:
         raise DataError(f"species_units must be one of {_SPECIES_UNITS}; got "

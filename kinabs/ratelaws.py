@@ -190,7 +190,14 @@ def hill(s: Term, *, vmax: Term, k_half: Term, n: Term) -> sympy.Expr:
 
 def competitive_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Term
                            ) -> sympy.Expr:
-    """Competitive inhibition ``vmax * S / (km * (1 + I/ki) + S)``: raises the apparent km."""
+    """Competitive inhibition ``vmax * S / (km * (1 + I/ki) + S)``: raises the apparent km.
+
+    >>> v = competitive_inhibition("S", "I", vmax="vmax", km="km", ki="ki")
+    >>> v.subs("I", 0)  # no inhibitor: Michaelis-Menten
+    S*vmax/(S + km)
+    >>> v.subs({"vmax": 1, "km": 1, "ki": 1, "S": 1, "I": 1})  # km doubled: 1/2 -> 1/3
+    1/3
+    """
     s, i = as_expr(s, what="substrate"), as_expr(i, what="inhibitor")
     km_app = as_expr(km, what="km") * (1 + i / as_expr(ki, what="ki"))
     return as_expr(vmax, what="vmax") * s / (km_app + s)
@@ -199,7 +206,11 @@ def competitive_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Term
 def uncompetitive_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Term
                              ) -> sympy.Expr:
     """Uncompetitive inhibition ``vmax * S / (km + S * (1 + I/ki))``: the inhibitor binds the
-    enzyme-substrate complex only."""
+    enzyme-substrate complex only.
+
+    >>> uncompetitive_inhibition("S", "I", vmax="vmax", km="km", ki="ki")
+    S*vmax/(S*(I/ki + 1) + km)
+    """
     s, i = as_expr(s, what="substrate"), as_expr(i, what="inhibitor")
     return as_expr(vmax, what="vmax") * s / (
         as_expr(km, what="km") + s * (1 + i / as_expr(ki, what="ki")))
@@ -207,7 +218,12 @@ def uncompetitive_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Term
 
 def noncompetitive_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Term
                               ) -> sympy.Expr:
-    """Pure noncompetitive inhibition ``vmax * S / ((km + S) * (1 + I/ki))``: lowers vmax."""
+    """Pure noncompetitive inhibition ``vmax * S / ((km + S) * (1 + I/ki))``: lowers vmax.
+
+    >>> v = noncompetitive_inhibition("S", "I", vmax=1, km=1, ki=1)
+    >>> v.subs({"S": 1, "I": 1})  # I = ki halves the rate: 1/2 -> 1/4
+    1/4
+    """
     s, i = as_expr(s, what="substrate"), as_expr(i, what="inhibitor")
     return as_expr(vmax, what="vmax") * s / (
         (as_expr(km, what="km") + s) * (1 + i / as_expr(ki, what="ki")))
@@ -216,7 +232,14 @@ def noncompetitive_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Ter
 def mixed_inhibition(s: Term, i: Term, *, vmax: Term, km: Term, ki: Term, ki_u: Term
                      ) -> sympy.Expr:
     """Mixed inhibition ``vmax * S / (km * (1 + I/ki) + S * (1 + I/ki_u))``; ``ki`` binds the
-    free enzyme, ``ki_u`` the complex (``ki == ki_u`` is noncompetitive)."""
+    free enzyme, ``ki_u`` the complex (``ki == ki_u`` is noncompetitive).
+
+    >>> import sympy
+    >>> mixed = mixed_inhibition("S", "I", vmax="vmax", km="km", ki="ki", ki_u="ki")
+    >>> sympy.simplify(mixed - noncompetitive_inhibition("S", "I", vmax="vmax", km="km",
+    ...                                                  ki="ki"))
+    0
+    """
     s, i = as_expr(s, what="substrate"), as_expr(i, what="inhibitor")
     return as_expr(vmax, what="vmax") * s / (
         as_expr(km, what="km") * (1 + i / as_expr(ki, what="ki"))

@@ -10,7 +10,7 @@ Example:
     >>> model = kinabs.load_sbml(kinabs.example_model_path())
     >>> tr = kinabs.Trainer(model=model, data=kinabs.example_data_path(), progress=False)
     >>> theta = np.log2([[model.parameter_values()[p] for p in tr.parameters]])
-    >>> loss, status, grad = loss_and_gradient("jax", model, tr.data, theta, space="log",
+    >>> loss, status, grad = loss_and_gradient("torch", model, tr.data, theta, space="log",
     ...     parameters=tr.parameters, solver=kinabs.SolverOptions(rtol=1e-10, atol=1e-12))
     >>> grad.shape == theta.shape and int(status[0]) == 0
     True

@@ -96,7 +96,17 @@ DEFAULT_TRAINING_SOLVER = SolverOptions(rtol=1e-8, atol=1e-10, max_steps=100_000
 
 @dataclass(frozen=True, kw_only=True)
 class ConformanceTolerances:
-    """What counts as agreement (see the module docstring for each definition)."""
+    """What counts as agreement (see the module docstring for each definition).
+
+    Example:
+        >>> import kinabs
+        >>> kinabs.ConformanceTolerances(loss_rtol=1e-8)
+        ConformanceTolerances(loss_rtol=1e-08, gradient_rtol=0.0001, trajectory_factor=10.0, training_rtol=0.0001)
+        >>> kinabs.ConformanceTolerances(gradient_rtol=0)
+        Traceback (most recent call last):
+            ...
+        ValueError: ConformanceTolerances.gradient_rtol must be a positive number; got 0.
+    """
 
     loss_rtol: float = 1e-6
     gradient_rtol: float = 1e-4
@@ -392,6 +402,33 @@ def check_conformance(
 
     Returns:
         a :class:`ConformanceReport` (``.ok``, ``.table()``, ``.to_json(path)``).
+
+    Example:
+        A quick check of one backend against the scipy reference, on synthetic data of a
+        decay ``A ->`` (a full check compares both backends and trains, as in the module
+        docstring; that takes minutes, not seconds):
+
+        >>> import kinabs, numpy as np
+        >>> b = kinabs.ModelBuilder("decay")
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.parameter("k", 0.5)
+        k
+        >>> b.reaction("r", "A ->", rate="k*A")
+        r
+        >>> report = kinabs.check_conformance(
+        ...     b.build(), backends=("torch",), parameter_sets=1, spaces=("log",),
+        ...     train_iterations=0, times=np.linspace(0, 2, 5),
+        ...     tolerances=kinabs.ConformanceTolerances(loss_rtol=1e-8))
+        >>> report.ok
+        True
+        >>> report.table()[["check", "verdict"]]
+                    check verdict
+        0      trajectory   agree
+        1      loss (log)   agree
+        2  gradient (log)   agree
+        >>> report.table()["tolerance"].tolist()
+        [1e-09, 1e-08, 0.0001]
     """
     t_start = time.perf_counter()
     tol = tolerances or ConformanceTolerances()

@@ -22,7 +22,7 @@ Example:
     >>> tr = kinabs.Trainer(model=kinabs.load_sbml(kinabs.example_model_path()),
     ...                     data=kinabs.example_data_path(), progress=False)
     >>> ref = ScipyReference(tr._problem())
-    >>> loss = ref.loss(ref.base[None, :], "log")
+    >>> loss = ref.loss(ref.base[ref.train_index][None, :], "log")
     >>> bool(loss[0] < 1e-12)
     True
 """

@@ -44,7 +44,35 @@ class CheckRow:
 
 @dataclass
 class ConformanceReport:
-    """The result of a conformance check of one model."""
+    """The result of a conformance check of one model.
+
+    Example:
+        :func:`kinabs.check_conformance` makes one; by hand, a report whose gradient check
+        disagrees:
+
+        >>> import json, os, tempfile, kinabs
+        >>> from kinabs._conformance.report import CheckRow
+        >>> rows = [
+        ...     CheckRow("loss (log)", jax="0.25", torch="0.25", reference="0.25",
+        ...              largest_difference=2e-9, tolerance=1e-6, verdict="agree"),
+        ...     CheckRow("gradient (log)", jax="0.1", torch="0.13", reference="0.1",
+        ...              largest_difference=0.3, tolerance=1e-4, verdict="disagree",
+        ...              detail="torch differs")]
+        >>> report = kinabs.ConformanceReport(model="toy", rows=rows)
+        >>> report.ok
+        False
+        >>> print(report.format())
+        check           jax   torch  reference  largest rel. diff  allowed  verdict
+        --------------  ----  -----  ---------  -----------------  -------  --------
+        loss (log)      0.25  0.25   0.25       2e-09              1e-06    agree
+        gradient (log)  0.1   0.13   0.1        0.3                0.0001   disagree
+          gradient (log): torch differs
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = report.to_json(os.path.join(folder, "toy.json"))
+        ...     saved = json.loads(path.read_text())
+        >>> saved["ok"], [c["verdict"] for c in saved["checks"]]
+        (False, ['agree', 'disagree'])
+    """
 
     model: str
     rows: list[CheckRow]

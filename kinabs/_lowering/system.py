@@ -61,7 +61,37 @@ def p_symbol(j: int) -> sympy.Symbol:
 
 @dataclass(frozen=True, eq=False)
 class OdeSystem:
-    """An ODE system lowered from a model; see the module docstring for its meaning."""
+    """An ODE system lowered from a model; see the module docstring for its meaning.
+
+    Example:
+        ``A <-> B`` in a compartment of size 2: two states, and the compartment size is a
+        free parameter next to the rate constants.
+
+        >>> import kinabs
+        >>> from kinabs import ratelaws as rl
+        >>> b = kinabs.ModelBuilder("isomerase")
+        >>> b.compartment("cell", size=2.0)
+        cell
+        >>> b.species("A", initial_concentration=1.0)
+        A
+        >>> b.species("B", initial_concentration=0.0)
+        B
+        >>> b.parameter("kf", 2.0)
+        kf
+        >>> b.parameter("kr", 1.0)
+        kr
+        >>> b.reaction("r", "A <-> B", rate=rl.reversible_mass_action("kf", "kr", ["A"], ["B"]))
+        r
+        >>> system = kinabs.lower(b.build())
+        >>> system.states, system.parameters, system.kinetic_parameters
+        (('A', 'B'), ('kf', 'kr', 'cell'), ('kf', 'kr'))
+        >>> system.stoichiometry  # reactions x states
+        array([[-1.,  1.]])
+        >>> system.parameter_vector({"kf": 3.0})
+        array([3., 1., 2.])
+        >>> system.outputs[:2]
+        (('concentration', 'A'), ('amount', 'A'))
+    """
 
     model: Model
     states: tuple[str, ...]
@@ -590,7 +620,23 @@ class _Lowering:
 
 
 def lower(model: Model) -> OdeSystem:
-    """Lower a symbolic model to an ODE system (see the module docstring)."""
+    """Lower a symbolic model to an ODE system (see the module docstring).
+
+    Example:
+        In the serine model, p3g, ser and the enzymes are constant species: they become
+        free parameters (their initial concentrations), and only php and pser are states.
+
+        >>> import kinabs
+        >>> system = kinabs.lower(kinabs.load_sbml(kinabs.example_model_path()))
+        >>> system.states, system.reaction_ids
+        (('php', 'pser'), ('PDH', 'PSA', 'PSP'))
+        >>> system.stoichiometry
+        array([[ 1.,  0.],
+               [-1.,  1.],
+               [ 0., -1.]])
+        >>> system.parameters[10:]
+        ('cell', 'p3g', 'ser', 'serA', 'serC', 'serB')
+    """
     return _Lowering(model).build()
 
 

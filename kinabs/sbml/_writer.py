@@ -81,10 +81,13 @@ def write_sbml(model: Model, path: str | os.PathLike) -> None:
 
     Example:
         >>> import kinabs, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "serine.xml")
-        >>> kinabs.write_sbml(kinabs.load_sbml(kinabs.example_model_path()), path)
-        >>> len(kinabs.load_sbml(path).reactions)
-        3
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "serine.xml")
+        ...     kinabs.write_sbml(model, path)
+        ...     again = kinabs.load_sbml(path)
+        >>> list(again.reactions), again.fingerprint() == model.fingerprint()
+        (['PDH', 'PSA', 'PSP'], True)
     """
     text = sbml_string(model)
     Path(path).write_text(text, encoding="utf-8")
