@@ -1,7 +1,8 @@
 """Chunked multi-start fits: the same starts give the same results whatever the executor
 (this process, a thread pool, a Dask LocalCluster of two worker processes) and chunk size;
-run folders resume without redoing finished chunks, also after the driver was killed; a
-worker killed mid-run loses nothing; bad input fails before any work.
+run folders resume without redoing finished chunks, also after the driver was killed
+between a chunk's file and its log line; a worker killed mid-run loses nothing; bad input
+fails before any work.
 
 Compiling costs seconds, so every fit here trains chunks of 8 (one program, traced once
 and then loaded from the session's disk cache by every worker process) except the test of
@@ -100,11 +101,11 @@ def test_a_chunk_that_raises_is_retried(trainer, reference, monkeypatch):
 
     real, calls = _executor._execute, []
 
-    def flaky(trainer_, program, task):
+    def flaky(spec, program, task):
         calls.append(task.index)
         if task.index == 3 and calls.count(3) == 1:
             raise RuntimeError("worker lost its GPU")
-        return real(trainer_, program, task)
+        return real(spec, program, task)
 
     monkeypatch.setattr(_executor, "_execute", flaky)
     with ThreadPoolExecutor(1) as pool:
@@ -137,6 +138,43 @@ def test_run_folder_resumes_only_missing_chunks(trainer, reference, tmp_path):
         if p.name not in ("chunk-00002.parquet", "chunk-00005.parquet"):
             assert p.stat().st_mtime_ns == kept[p.name], p.name
     _assert_same(folder.results(), reference)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: no ``except Exception`` handles it, nothing after it runs."""
+
+
+def test_killed_between_chunk_file_and_log_line_redoes_no_finished_chunk(
+        trainer, reference, tmp_path, monkeypatch):
+    """The run dies after chunk 2's file is in place and before its log line: the rerun
+    logs chunk 2 from its file and runs only chunks 3 to 7."""
+    run = tmp_path / "run"
+    append, lines = RunFolder._append_log, []
+
+    def append_or_die(self, entry):
+        if len(lines) == 2:
+            raise _Killed
+        lines.append(entry)
+        append(self, entry)
+
+    monkeypatch.setattr(RunFolder, "_append_log", append_or_die)
+    with pytest.raises(_Killed):
+        trainer.train(chunk_size=CHUNK, run_dir=run)
+    monkeypatch.undo()
+    folder = RunFolder(run)
+    assert folder.finished_chunks() == [0, 1, 2]
+    assert [e["chunk"] for e in folder.log()] == [0, 1]
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (run / "chunks").iterdir()}
+    again = trainer.train(chunk_size=CHUNK, run_dir=run)
+    assert again.meta["chunks_run"] == 5 and again.meta["chunks_resumed"] == 3
+    _assert_same(again, reference)
+    log = folder.log()
+    assert [e["chunk"] for e in log] == list(range(8))
+    assert log[2]["recovered"] and (log[2]["n"], log[2]["ok"], log[2]["first"]) == (8, 8, 16)
+    assert not any(e.get("recovered") for e in log[:2] + log[3:])
+    for name, stat in kept.items():
+        p = run / "chunks" / name
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stat, name
 
 
 def test_changed_fit_with_an_existing_run_folder_is_refused(model, trainer, tmp_path):
@@ -190,22 +228,22 @@ def test_a_chunk_whose_starts_all_fail_is_reported_not_retried(model, tmp_path, 
 
 
 def test_a_worker_process_builds_each_fit_once(trainer):
-    """Tasks of one fit share the worker's trainer and program (traced and compiled once
-    per process); another fit gets its own."""
+    """Tasks of one fit share the worker's program (traced and compiled once per process),
+    built from the shipped FitSpec without a Trainer; another fit gets its own."""
     from kinabs._fit import executor as _executor
 
-    spec = _executor._dumps(_executor._spec(trainer))
+    spec = _executor._dumps(trainer._fit_spec())
     rows = trainer.parameter_sets.to_numpy()[:2]
 
     def task(key, index):
         return _executor.ChunkTask(spec=spec, spec_key=key, index=index, first=2 * index,
                                    rows=rows, pad_to=2, n_iter=1)
 
-    t0, p0 = _executor._cached_trainer(task("fit-a", 0))
-    t1, p1 = _executor._cached_trainer(task("fit-a", 1))
-    assert t0 is t1 and p0 is p1 and t0 is not trainer
-    t2, _ = _executor._cached_trainer(task("fit-b", 0))
-    assert t2 is not t0 and t2.parameters == trainer.parameters
+    s0, p0 = _executor._cached_program(task("fit-a", 0))
+    s1, p1 = _executor._cached_program(task("fit-a", 1))
+    assert s0 is s1 and p0 is p1 and p0 is not trainer._get_program()
+    s2, p2 = _executor._cached_program(task("fit-b", 0))
+    assert p2 is not p0 and s2.parameters == tuple(trainer.parameters)
 
 
 def test_torch_chunks_agree_with_one_batch(model):
@@ -227,41 +265,62 @@ def _cli(*args, **kwargs):
             "--base", "ones", *args]
 
 
+# The driver of a CLI fit, killed by SIGKILL at the worst moment: once the third chunk's
+# file is in place and before its log line is written.
+_DRIVER_KILLED_AFTER_THIRD_CHUNK_FILE = """
+import os, signal, sys
+from kinabs._cli import main
+from kinabs._fit.run_folder import RunFolder
+
+append, lines = RunFolder._append_log, []
+
+def append_or_die(self, entry):
+    if len(lines) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    lines.append(entry)
+    append(self, entry)
+
+RunFolder._append_log = append_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.parametrize("executor", [[], ["--workers", "2"]], ids=["in-process", "dask"])
 def test_cli_driver_killed_then_rerun_redoes_no_finished_chunk(reference, tmp_path, executor):
-    """SIGKILL the driver once a chunk is on disk; the same command finishes the fit and
-    runs only the chunks that were missing. With ``--workers 2`` the driver runs a Dask
-    LocalCluster of two worker processes (their nannies exit when the driver dies)."""
+    """SIGKILL the driver between the third chunk's file and its log line (the driver
+    kills itself there, so no timing decides what is on disk); the same command finishes
+    the fit, logs the third chunk from its file and runs only the five missing chunks.
+    With ``--workers 2`` the driver runs a Dask LocalCluster of two worker processes."""
     if executor:
         pytest.importorskip("distributed")
     run, out = tmp_path / "run", tmp_path / "out"
     cmd = _cli("--inits", str(N_STARTS), "--chunk-size", str(CHUNK), "--run-dir", str(run),
                "--out", str(out), *executor)
-    # a session of its own, so that whatever the killed driver leaves is ended below
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    # a session of its own, so that whatever the killed driver leaves is ended below; its
+    # output goes to a file, not a pipe that its orphaned workers would hold open
+    with open(tmp_path / "driver.err", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _DRIVER_KILLED_AFTER_THIRD_CHUNK_FILE,
+                                 *cmd[3:]], stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=600)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # worker processes of the killed driver
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "driver.err").read_text()
     chunks = run / "chunks"
-    deadline = time.monotonic() + 300
-    while not (chunks.is_dir() and any(chunks.glob("chunk-*.parquet"))):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # worker processes of the killed driver, if any
-    except ProcessLookupError:
-        pass
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
                 for p in chunks.glob("chunk-*.parquet")}
-    assert 1 <= len(finished) < 8, "the driver finished before it was killed"
+    assert len(finished) == 3 and len(RunFolder(run).log()) == 2
     assert not out.exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    n = len(finished)
-    assert f"8 chunks of 8: {8 - n} run, {n} read from {run}" in again.stdout
-    log = [e["chunk"] for e in RunFolder(run).log()]
-    assert sorted(log) == list(range(8))  # every chunk written exactly once
+    assert f"8 chunks of 8: 5 run, 3 read from {run}" in again.stdout
+    log = RunFolder(run).log()
+    assert sorted(e["chunk"] for e in log) == list(range(8))  # every chunk logged once
+    assert [e.get("recovered", False) for e in log[:3]] == [False, False, True]
     for name, stat in finished.items():
         p = chunks / name
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stat, name

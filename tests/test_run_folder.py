@@ -1,5 +1,6 @@
 """The run folder: manifest written first and checked on resume, chunk tables written
-atomically and read back exactly (Parquet and CSV), refusal of another fit's folder."""
+atomically and read back exactly (Parquet and CSV), refusal of another fit's folder, and a
+log that agrees with the chunk files after a kill between a file and its log line."""
 
 from __future__ import annotations
 
@@ -113,9 +114,74 @@ def test_a_damaged_chunk_counts_as_missing(tmp_path):
     assert folder.read_chunk(0, NAMES, 2) is None
 
 
+class _Killed(BaseException):
+    """Stands in for SIGKILL: no ``except Exception`` handles it, nothing after it runs."""
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_kill_between_chunk_file_and_log_line_is_repaired_on_open(tmp_path, fmt,
+                                                                     monkeypatch):
+    """The chunk files are the truth: a file whose log line a kill prevented gets the line
+    on the next open, derived from the file; a line is never written without its file."""
+    folder = RunFolder(tmp_path, file_format=fmt)
+    folder.open(_manifest())
+    folder.write_chunk(_chunk(index=1, first=2, n=1), NAMES, run="r1")
+
+    def die(self, entry):
+        raise _Killed
+
+    monkeypatch.setattr(RunFolder, "_append_log", die)
+    with pytest.raises(_Killed):
+        folder.write_chunk(_chunk(index=0), NAMES, run="r1")
+    monkeypatch.undo()
+    assert folder.finished_chunks() == [0, 1]
+    assert [e["chunk"] for e in folder.log()] == [1]
+    again = RunFolder(tmp_path)
+    again.open(_manifest())
+    log = again.log()
+    assert [e["chunk"] for e in log] == [1, 0]
+    assert log[1]["recovered"] and not log[0].get("recovered")
+    assert (log[1]["first"], log[1]["n"], log[1]["ok"], log[1]["worker"], log[1]["seconds"]) \
+        == (0, 2, 1, "host:1", 1.5)
+    np.testing.assert_array_equal(again.read_chunk(0, NAMES, 2).final, _chunk(0).final)
+    again.open(_manifest())  # nothing more to repair
+    assert len(again.log()) == 2
+
+
+def test_a_chunk_written_again_gets_its_own_log_line(tmp_path, monkeypatch):
+    """Each line names its file's sha256: a chunk whose file was deleted and written again
+    (killed before the second line) is not taken as logged by its first line."""
+    folder = RunFolder(tmp_path)
+    folder.open(_manifest())
+    folder.write_chunk(_chunk(index=0), NAMES)
+    folder._chunk_path(0, folder.file_format).unlink()
+    monkeypatch.setattr(RunFolder, "_append_log", lambda self, entry: None)
+    folder.write_chunk(_chunk(index=0, n=1), NAMES)  # another table: another file
+    monkeypatch.undo()
+    folder.open(_manifest())
+    log = folder.log()
+    assert [(e["chunk"], e["n"], e.get("recovered", False)) for e in log] == \
+        [(0, 2, False), (0, 1, True)]
+    assert log[0]["sha256"] != log[1]["sha256"]
+
+
+def test_a_log_line_cut_short_is_skipped_and_ended(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.open(_manifest())
+    folder.write_chunk(_chunk(index=0), NAMES)
+    with open(tmp_path / "log.jsonl", "a") as fh:
+        fh.write('{"chunk": 1, "fi')  # a crash mid-line (power loss)
+    folder.write_chunk(_chunk(index=1, first=2, n=1), NAMES)  # its line joins the torn one
+    assert [e["chunk"] for e in folder.log()] == [0]
+    folder.open(_manifest())
+    assert [e["chunk"] for e in folder.log()] == [0, 1]
+    assert folder.log()[1]["recovered"]
+
+
 def test_docstring_example_runs():
     import doctest
 
+    pytest.importorskip("jax")  # the RunFolder example trains
     from kinabs._fit import run_folder as _run_folder
 
     failures, tried = doctest.testmod(_run_folder)

@@ -1,18 +1,14 @@
 """Dask, imported only when asked for: connecting to a cluster with clear errors.
 
-Example (a local cluster of two worker processes on this machine):
-    >>> import kinabs
-    >>> client = kinabs.dask_client(workers=2)                      # doctest: +SKIP
-    >>> trainer.train(executor=client, run_dir="run-1")             # doctest: +SKIP
-    >>> client.close()                                              # doctest: +SKIP
-
-On a multi-machine cluster run ``dask scheduler`` on one machine and ``dask worker
+:func:`dask_client` gives a client of a local cluster or of a running scheduler. On a
+multi-machine cluster run ``dask scheduler`` on one machine and ``dask worker
 tcp://HOST:8786`` on each machine (with kinabs installed), then pass the address:
 ``kinabs.dask_client("tcp://HOST:8786")``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -45,6 +41,12 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None,
             raises :class:`DaskError` then, before any work starts.
 
     Close the client when done (``client.close()``); a local cluster closes with it.
+
+    Example (skipped when doctests run: a local cluster takes seconds to start):
+        >>> import kinabs
+        >>> client = kinabs.dask_client(workers=2)                       # doctest: +SKIP
+        >>> results = trainer.train(executor=client, run_dir="run-1")    # doctest: +SKIP
+        >>> client.close()                                               # doctest: +SKIP
     """
     distributed = _distributed()
     if scheduler is not None and workers is not None:
@@ -67,8 +69,6 @@ def dask_client(scheduler: str | None = None, *, workers: int | None = None,
                                 or workers < 1):
         raise DaskError(f"workers must be an integer >= 1; got {workers!r}.")
     if workers is None:
-        import os
-
         workers = max(1, (os.cpu_count() or 2) // 2)
     return distributed.Client(n_workers=workers, threads_per_worker=1, processes=True,
                               dashboard_address=None)

@@ -31,7 +31,15 @@ class Experiment:
     """One time course. ``values`` has shape (times, species) with NaN for missing.
 
     ``initial`` maps species ids to initial values at ``times[0]`` (the species' own units);
-    ``None`` takes the finite values of the first row."""
+    ``None`` takes the finite values of the first row.
+
+    Example:
+        >>> import numpy as np, kinabs
+        >>> e = kinabs.Experiment(times=[0.0, 1.0, 2.0], species=("php", "pser"),
+        ...                       values=[[1.0, np.nan], [0.8, 0.1], [np.nan, 0.3]])
+        >>> e.initial, e.mask.sum()
+        ({'php': 1.0}, np.int64(4))
+    """
 
     times: np.ndarray
     values: np.ndarray
@@ -94,7 +102,18 @@ class Experiment:
 @dataclass(frozen=True)
 class TrainingData:
     """Experiments fitted together. Build with :meth:`from_csv`, :meth:`from_frame`,
-    :meth:`from_arrays`, or from a list of :class:`Experiment`."""
+    :meth:`from_arrays`, or from a list of :class:`Experiment`.
+
+    Example (two experiments with their own time points; the second starts from given
+    initial values):
+        >>> import pandas as pd, kinabs
+        >>> first = pd.DataFrame({"php": [1.0, 0.5], "pser": [0.0, 0.2]}, index=[0.0, 5.0])
+        >>> second = kinabs.TrainingData.from_arrays([0.0, 2.0, 4.0], [[2.0], [1.5], [1.1]],
+        ...                                          ["php"], initial={"php": 2.0, "pser": 0.1})
+        >>> data = kinabs.TrainingData.coerce([first, second])
+        >>> data.species, [len(e.times) for e in data.experiments]
+        (('php', 'pser'), [2, 3])
+    """
 
     experiments: tuple[Experiment, ...] = field(default_factory=tuple)
 

@@ -3,16 +3,17 @@
 
 The driver samples the starts (so the same seed gives the same starts everywhere), cuts
 them into chunks of ``chunk_size`` rows and ships each chunk as a small picklable
-:class:`ChunkTask`: the fit's specification (model, data, options; pickled once on the
-driver and keyed by its hash), the chunk's start rows and the number of iterations. A
-worker builds one :class:`~kinabs.Trainer` per specification and process
-(:func:`run_chunk` keeps them in a per-process cache), so it traces and compiles once and
-then reuses the persistent compilation cache. Every chunk trains at the same batch size
-(the last one is padded with copies of its first row), so one compiled program serves
-all chunks. Starts train independently of the other members of their chunk; results agree
-across chunk sizes to rounding (XLA may vectorise a batch of one differently; we measured
-relative differences below 1e-12), and are identical for the same chunk size on any
-executor.
+:class:`ChunkTask`: the fit's :class:`~kinabs._fit.spec.FitSpec` (model, data, options;
+pickled once on the driver and keyed by its hash), the chunk's start rows and the number
+of iterations. A worker builds the training program from the FitSpec once per fit and
+process (:func:`run_chunk` keeps the last two in a per-process cache), so it traces and
+compiles once and then reuses the persistent compilation cache, and trains the chunk
+with :func:`~kinabs._fit.loop.run_loop`, as the Trainer does in-process. Every chunk
+trains at the same batch size (the last one is padded with copies of its first row), so
+one compiled program serves all chunks. Starts train independently of the other members
+of their chunk; results agree across chunk sizes to rounding (XLA may vectorise a batch
+of one differently; we measured relative differences below 1e-12), and are identical for
+the same chunk size on any executor.
 
 A finished chunk is written at once to the run folder (:class:`kinabs.RunFolder`). A chunk
 whose starts all fail is a result (statuses), reported and kept, not retried; a chunk that
@@ -23,6 +24,7 @@ runs again elsewhere.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import math
 import os
@@ -32,14 +34,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from kinabs._errors import DataError, KinabsError
+from kinabs._fit.dask import check_client, is_dask_client
+from kinabs._fit.loop import progress_bar, run_loop
+from kinabs._fit.results import TrainingResults
 from kinabs._fit.run_folder import ChunkTable, RunFolder, array_digest, assemble
-from kinabs._problem import FIT_STATUS
+from kinabs._fit.spec import FitSpec
+from kinabs._problem import FIT_STATUS, TrainingProgram
+from kinabs._version import __version__
 
 __all__ = ["ChunkTask", "run_chunk", "run_chunked", "DEFAULT_CHUNK_SIZE"]
 
@@ -48,37 +56,10 @@ DEFAULT_CHUNK_SIZE = 64
 
 
 @dataclass(frozen=True)
-class _TrainerSpec:
-    """What a worker needs to build the driver's Trainer (picklable)."""
-
-    model: Any
-    data: Any
-    backend: str
-    optim_space: str
-    optimizer: Any  # None: the backend's default
-    loss: Any  # CustomLoss or None
-    parameters: tuple[str, ...]
-    solver: Any
-    adjoint: Any
-    loss_threshold: float | None
-
-    def build(self):
-        from kinabs._fit.trainer import Trainer
-
-        return Trainer(
-            model=self.model, data=self.data, n_iter=1, backend=self.backend,
-            optim_space=self.optim_space, optimizer=self.optimizer,
-            loss=None if self.loss is None else self.loss.fn,
-            loss_kwargs=None if self.loss is None else self.loss.kwargs,
-            parameters=list(self.parameters), solver=self.solver, adjoint=self.adjoint,
-            loss_threshold=self.loss_threshold, progress=False)
-
-
-@dataclass(frozen=True)
 class ChunkTask:
     """One chunk of starts, as shipped to a worker."""
 
-    spec: bytes  # a pickled _TrainerSpec
+    spec: bytes  # a pickled FitSpec
     spec_key: str  # its hash: the worker's cache key
     index: int
     first: int  # index of the chunk's first start in the fit
@@ -97,41 +78,37 @@ def _dumps(obj: Any) -> bytes:
 
 
 # -- the worker side -------------------------------------------------------------------
-_TRAINERS: collections.OrderedDict[str, Any] = collections.OrderedDict()
-_TRAINERS_LOCK = threading.Lock()
-_TRAINERS_KEPT = 2
+_BUILD_LOCK = threading.Lock()
 
 
-def _cached_trainer(task: ChunkTask):
-    """This process's Trainer for the task's fit (built, traced and compiled once)."""
-    with _TRAINERS_LOCK:
-        trainer = _TRAINERS.get(task.spec_key)
-        if trainer is None:
-            spec = pickle.loads(task.spec)  # noqa: S301 - bytes made by this fit's driver
-            trainer = spec.build()
-            _TRAINERS[task.spec_key] = trainer
-            while len(_TRAINERS) > _TRAINERS_KEPT:
-                _TRAINERS.popitem(last=False)
-        _TRAINERS.move_to_end(task.spec_key)
-        program = trainer._get_program()
-    return trainer, program
+@functools.lru_cache(maxsize=2)
+def _program_for(spec_key: str, spec: bytes) -> tuple[FitSpec, TrainingProgram]:
+    fit = pickle.loads(spec)  # noqa: S301 - bytes made by this fit's driver
+    return fit, fit.program()
+
+
+def _cached_program(task: ChunkTask) -> tuple[FitSpec, TrainingProgram]:
+    """This process's FitSpec and program for the task's fit (built, traced and compiled
+    once per process; the last two fits are kept)."""
+    with _BUILD_LOCK:  # threads of one worker wait for one build instead of each compiling
+        return _program_for(task.spec_key, task.spec)
 
 
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _execute(trainer, program, task: ChunkTask) -> ChunkTable:
+def _execute(spec: FitSpec, program: TrainingProgram, task: ChunkTask) -> ChunkTable:
     t0 = time.perf_counter()
     rows = np.asarray(task.rows, dtype=np.float64)
     n = rows.shape[0]
     if task.pad_to > n:
         rows = np.concatenate([rows, np.repeat(rows[:1], task.pad_to - n, axis=0)])
-    _, a = trainer._train_arrays(program, rows, task.n_iter)
-    status = np.asarray(a["status"])[:n]
-    final_loss = np.where(status == 0, np.asarray(a["final_loss"])[:n], np.nan)
+    _, out = run_loop(program, rows, task.n_iter, space=spec.optim_space)
+    status = out.status[:n]
+    final_loss = np.where(status == 0, np.asarray(out.final_loss)[:n], np.nan)
     return ChunkTable(index=task.index, first=task.first, initial=task.rows.copy(),
-                      final=np.asarray(a["final"])[:n], loss_history=a["losses"][:n],
+                      final=out.final[:n], loss_history=out.losses[:n],
                       status=tuple(FIT_STATUS.get(int(s), "failed") for s in status),
                       final_loss=final_loss, seconds=time.perf_counter() - t0,
                       worker=_worker_name())
@@ -139,8 +116,8 @@ def _execute(trainer, program, task: ChunkTask) -> ChunkTable:
 
 def run_chunk(task: ChunkTask) -> ChunkTable:
     """Train one chunk (the function every executor runs; importable on any worker)."""
-    trainer, program = _cached_trainer(task)
-    return _execute(trainer, program, task)
+    spec, program = _cached_program(task)
+    return _execute(spec, program, task)
 
 
 # -- the driver side -------------------------------------------------------------------
@@ -152,15 +129,6 @@ def check_chunk_size(chunk_size: Any) -> int | None:
         raise DataError(f"chunk_size must be an integer >= 1 (starts per chunk); got "
                         f"{chunk_size!r}. Use e.g. chunk_size=64, or None for the default.")
     return int(chunk_size)
-
-
-def _spec(trainer) -> _TrainerSpec:
-    return _TrainerSpec(
-        model=trainer.model, data=trainer.data, backend=trainer.backend_name,
-        optim_space=trainer.optim_space,
-        optimizer=None if trainer._optimizer_is_default() else trainer.optimizer,
-        loss=trainer.loss, parameters=tuple(trainer.parameters), solver=trainer.solver,
-        adjoint=trainer.adjoint, loss_threshold=trainer.loss_threshold)
 
 
 def data_hash(data) -> str:
@@ -176,24 +144,21 @@ def _describe(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{name}"
 
 
-def fit_manifest(trainer, start: np.ndarray, chunk_size: int) -> dict[str, Any]:
+def fit_manifest(spec: FitSpec, start: np.ndarray, *, n_iter: int, chunk_size: int,
+                 seed: int | None) -> dict[str, Any]:
     """What identifies a chunked fit: a run folder with another manifest is refused."""
-    import kinabs
-
-    loss = trainer.loss
+    loss = spec.loss
     options = dict(
-        backend=trainer.backend_name, optim_space=trainer.optim_space,
-        n_iter=trainer.n_iter, solver=repr(trainer.solver), adjoint=repr(trainer.adjoint),
-        loss_threshold=trainer.loss_threshold,
-        optimizer="default" if trainer._optimizer_is_default()
-        else _describe(trainer.optimizer),
+        backend=spec.backend, optim_space=spec.optim_space, n_iter=n_iter,
+        solver=repr(spec.solver), adjoint=repr(spec.adjoint),
+        loss_threshold=spec.loss_threshold,
+        optimizer="default" if spec.optimizer is None else _describe(spec.optimizer),
         loss="default" if loss is None else f"{_describe(loss.fn)} {sorted(loss.kwargs)}")
-    seed = (trainer._bounds or {}).get("seed")
-    return dict(format=1, kinabs_version=kinabs.__version__, model_id=trainer.model.id,
-                model_hash=trainer.model.fingerprint(), data_hash=data_hash(trainer.data),
+    return dict(format=1, kinabs_version=__version__, model_id=spec.model.id,
+                model_hash=spec.model.fingerprint(), data_hash=data_hash(spec.data),
                 starts_hash=array_digest(np.ascontiguousarray(start, dtype=np.float64)),
                 n_starts=int(start.shape[0]), seed=None if seed is None else int(seed),
-                parameters=list(trainer.parameters), options=options,
+                parameters=list(spec.parameters), options=options,
                 chunk_size=chunk_size, n_chunks=math.ceil(start.shape[0] / chunk_size))
 
 
@@ -207,13 +172,13 @@ class _Runner:
 
 
 class _InProcess(_Runner):
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, spec: FitSpec, program: Callable[[], TrainingProgram]):
+        self.spec, self.program = spec, program
 
     def run(self, tasks, on_done):
-        program = self.trainer._get_program()
+        program = self.program()
         for task in tasks:
-            on_done(_execute(self.trainer, program, task))
+            on_done(_execute(self.spec, program, task))
 
 
 class _Futures(_Runner):
@@ -226,8 +191,6 @@ class _Futures(_Runner):
         self.kind = type(executor).__name__
 
     def run(self, tasks, on_done):
-        from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
-
         tries = dict.fromkeys(range(len(tasks)), 0)
         pending = {self.executor.submit(run_chunk, t): i for i, t in enumerate(tasks)}
         try:
@@ -284,15 +247,12 @@ def _interrupted(exc: BaseException, task: ChunkTask) -> KinabsError:
         "folder; run the same fit with the same run folder to go on from there.")
 
 
-def _runner(trainer, executor: Any, retries: int) -> _Runner:
-    from concurrent.futures import Executor
-
+def _runner(spec: FitSpec, executor: Any, retries: int,
+            program: Callable[[], TrainingProgram]) -> _Runner:
     if executor is None:
-        return _InProcess(trainer)
+        return _InProcess(spec, program)
     if isinstance(executor, Executor):
         return _Futures(executor, retries)
-    from kinabs._fit.dask import check_client, is_dask_client
-
     if is_dask_client(executor):
         check_client(executor)
         return _Dask(executor, retries)
@@ -303,10 +263,15 @@ def _runner(trainer, executor: Any, retries: int) -> _Runner:
         "kinabs.dask_client('tcp://host:8786').")
 
 
-def run_chunked(trainer, start: np.ndarray, *, executor: Any = None,
-                chunk_size: int | None = None, run_dir: Any = None,
-                retries: int = 2):
-    """Train ``start`` (rows of linear values) in chunks; see :meth:`kinabs.Trainer.train`.
+def run_chunked(spec: FitSpec, start: np.ndarray, *, n_iter: int, seed: int | None = None,
+                progress: bool = False, executor: Any = None, chunk_size: int | None = None,
+                run_dir: Any = None, retries: int = 2,
+                local_program: Callable[[], TrainingProgram] | None = None
+                ) -> TrainingResults:
+    """Train ``start`` (rows of linear values) of the fit ``spec`` for ``n_iter``
+    iterations in chunks; see :meth:`kinabs.Trainer.train`. ``seed`` (of the sampling that
+    made ``start``) goes into the run folder's manifest; ``local_program`` gives chunks run
+    in this process the caller's program (default: built from ``spec``).
 
     Everything that can be wrong is checked before the first chunk runs: the chunk size,
     the executor (a Dask client must be connected and have a worker), the run folder."""
@@ -314,22 +279,17 @@ def run_chunked(trainer, start: np.ndarray, *, executor: Any = None,
     chunk_size = check_chunk_size(chunk_size) or DEFAULT_CHUNK_SIZE
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise DataError(f"retries must be an integer >= 0; got {retries!r}.")
-    if trainer.resample_failed:
-        raise DataError(
-            "resample_failed=True is not supported in chunked runs (executor, chunk_size "
-            "or run_dir): new samples would depend on which starts share a chunk. Train "
-            "without those options, or set resample_failed=False.")
     t0 = time.perf_counter()
     start = np.asarray(start, dtype=np.float64)
     n = start.shape[0]
     chunk_size = min(chunk_size, n)
-    names = list(trainer.parameters)
-    manifest = fit_manifest(trainer, start, chunk_size)
-    n_chunks, n_iter = manifest["n_chunks"], trainer.n_iter
+    names = list(spec.parameters)
+    manifest = fit_manifest(spec, start, n_iter=n_iter, chunk_size=chunk_size, seed=seed)
+    n_chunks = manifest["n_chunks"]
     folder = None if run_dir is None else RunFolder(run_dir)
     if folder is not None:
         folder.open(manifest)
-    runner = _runner(trainer, executor, retries)
+    runner = _runner(spec, executor, retries, local_program or spec.program)
 
     tables: dict[int, ChunkTable] = {}
     if folder is not None:
@@ -339,15 +299,15 @@ def run_chunked(trainer, start: np.ndarray, *, executor: Any = None,
                 if table is not None and table.n == min(chunk_size, n - i * chunk_size):
                     tables[i] = table
     todo = [i for i in range(n_chunks) if i not in tables]
-    spec = b"" if isinstance(runner, _InProcess) else _dumps(_spec(trainer))
-    key = hashlib.sha256(spec).hexdigest()[:24]
-    tasks = [ChunkTask(spec=spec, spec_key=key, index=i, first=i * chunk_size,
+    packed = b"" if isinstance(runner, _InProcess) else _dumps(spec)
+    key = hashlib.sha256(packed).hexdigest()[:24]
+    tasks = [ChunkTask(spec=packed, spec_key=key, index=i, first=i * chunk_size,
                        rows=start[i * chunk_size:(i + 1) * chunk_size], pad_to=chunk_size,
                        n_iter=n_iter) for i in todo]
-    if tables and trainer.progress:
+    if tables and progress:
         print(f"run folder {folder.path}: {len(tables)} of {n_chunks} chunks already "
               f"finished; running the other {len(todo)}", file=sys.stderr, flush=True)
-    bar = _chunk_progress(n_chunks, len(tables), trainer.progress)
+    bar = progress_bar(n_chunks, progress, desc="chunks", unit="chunk", initial=len(tables))
     run_id = f"{_worker_name()}:{int(time.time())}"
     all_failed: list[int] = []
     best = [min((np.nanmin(t.final_loss) for t in tables.values()
@@ -375,23 +335,14 @@ def run_chunked(trainer, start: np.ndarray, *, executor: Any = None,
             bar.close()
     result = assemble(list(tables.values()), names, meta={})
     result.meta.update(
-        model=trainer.model.id, model_fingerprint=trainer.model.fingerprint(),
-        backend=trainer.backend_name, optim_space=trainer.optim_space, n_iter=n_iter,
-        seconds=float(time.perf_counter() - t0), solver=repr(trainer.solver),
-        adjoint=repr(trainer.adjoint), executor=runner.kind, chunk_size=chunk_size,
+        model=spec.model.id, model_fingerprint=spec.model.fingerprint(),
+        backend=spec.backend, optim_space=spec.optim_space, n_iter=n_iter,
+        seconds=float(time.perf_counter() - t0), solver=repr(spec.solver),
+        adjoint=repr(spec.adjoint), executor=runner.kind, chunk_size=chunk_size,
         n_chunks=n_chunks, chunks_run=len(todo), chunks_resumed=n_chunks - len(todo),
         chunks_all_failed=sorted(all_failed),
         run_dir=None if folder is None else str(folder.path))
-    result._trainer = trainer
     return result
-
-
-def _chunk_progress(total: int, done: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc="chunks", unit="chunk", leave=True)
 
 
 def _note(text: str, bar) -> None:

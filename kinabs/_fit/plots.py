@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from kinabs._fit.data import TrainingData
+from kinabs._simulate import simulate
+
 __all__ = ["plot_loss", "plot_fit"]
 
 
@@ -52,9 +55,6 @@ def plot_loss(results: Any, *, path: str | Path | None = None, ax: Any = None):
 
 def plot_fit(results: Any, *, path: str | Path | None = None, model: Any = None,
              data: Any = None, index: int | None = None):
-    import kinabs
-    from kinabs._fit.data import TrainingData
-
     trainer = results._trainer
     model = model if model is not None else (trainer.model if trainer else None)
     data = data if data is not None else (trainer.data if trainer else None)
@@ -70,8 +70,8 @@ def plot_fit(results: Any, *, path: str | Path | None = None, model: Any = None,
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.5), squeeze=False)
     for ax, e in zip(axes[0], data.experiments):
         ts = np.linspace(e.times[0], e.times[-1], 200)
-        sim = kinabs.simulate(model, ts, parameters=params, initial=e.initial, t0=e.times[0],
-                              outputs=list(e.species), backend=backend, on_failure="nan")
+        sim = simulate(model, ts, parameters=params, initial=e.initial, t0=e.times[0],
+                       outputs=list(e.species), backend=backend, on_failure="nan")
         for j, s in enumerate(e.species):
             line, = ax.plot(ts, sim.values[0][:, j], lw=1.2, label=s)
             ax.plot(e.times, e.values[:, j], "o", ms=3, color=line.get_color())

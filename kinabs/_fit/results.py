@@ -4,16 +4,6 @@
 (``optimized_parameters, loss_per_iteration = trainer.train()``) and carries the same
 data as tables: initial and final parameters per initialisation, the loss history
 (inits x iterations), the status of each initialisation and the best fit.
-
-Example:
-    >>> import numpy as np, pandas as pd
-    >>> from kinabs._fit.results import TrainingResults
-    >>> r = TrainingResults(parameters=pd.DataFrame({"k": [1.0, 2.0]}),
-    ...     initial_parameters=pd.DataFrame({"k": [0.5, 3.0]}),
-    ...     loss_history=np.array([[1.0, 0.1], [2.0, 0.5]]), status=["ok", "ok"],
-    ...     final_loss=np.array([0.05, 0.4]))
-    >>> r.best_index, r.best_parameters
-    (0, {'k': 1.0})
 """
 
 from __future__ import annotations
@@ -25,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from kinabs._fit import plots
+from kinabs._fit.loop import LoopOutcome
+from kinabs._fit.spec import FitSpec
 from kinabs._problem import FIT_STATUS
 
 __all__ = ["TrainingResults"]
@@ -32,7 +25,22 @@ __all__ = ["TrainingResults"]
 
 @dataclass
 class TrainingResults:
-    """Results of :meth:`kinabs.Trainer.train` (see the module docstring)."""
+    """Results of :meth:`kinabs.Trainer.train`, one row per start: initial and final
+    parameters (linear values), the loss history (NaN after a start stopped or failed),
+    the status and the final loss; ``meta`` says what was fitted and how.
+
+    Example:
+        >>> import tempfile, numpy as np, pandas as pd, kinabs
+        >>> r = kinabs.TrainingResults(parameters=pd.DataFrame({"k": [1.0, 2.0]}),
+        ...     initial_parameters=pd.DataFrame({"k": [0.5, 3.0]}),
+        ...     loss_history=np.array([[1.0, 0.1], [2.0, np.nan]]),
+        ...     status=["ok", "failed: max_steps_reached"], final_loss=np.array([0.05, np.nan]))
+        >>> optimized_parameters, loss_per_iteration = r  # the seed's unpacking
+        >>> optimized_parameters[0], r.best_index, r.best_parameters
+        ({'k': 1.0}, 0, {'k': 1.0})
+        >>> kinabs.TrainingResults.load(r.save(tempfile.mkdtemp())).status
+        ['ok', 'failed: max_steps_reached']
+    """
 
     parameters: Any  # DataFrame (inits x parameters), final, linear values
     initial_parameters: Any  # DataFrame, the starts
@@ -46,22 +54,24 @@ class TrainingResults:
     _trainer: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_run(cls, *, trainer, initial, final, losses, status, final_loss, restarts,
-                 seconds) -> TrainingResults:
+    def from_run(cls, spec: FitSpec, outcome: LoopOutcome, *, seconds: float,
+                 trainer: Any = None) -> TrainingResults:
+        """The results of one round of ``spec`` trained in this process."""
         import pandas as pd
 
-        names = list(trainer.parameters)
-        st = [FIT_STATUS.get(int(s), "failed") for s in status]
-        final_loss = np.where(np.asarray(status) == 0, final_loss, np.nan)
-        meta = dict(model=trainer.model.id, model_fingerprint=trainer.model.fingerprint(),
-                    backend=trainer.backend_name, optim_space=trainer.optim_space,
-                    n_iter=int(losses.shape[1]), seconds=float(seconds),
-                    solver=repr(trainer.solver), adjoint=repr(trainer.adjoint))
-        return cls(parameters=pd.DataFrame(final, columns=names),
-                   initial_parameters=pd.DataFrame(initial, columns=names),
-                   loss_history=np.asarray(losses, dtype=float), status=st,
+        names = list(spec.parameters)
+        status = np.asarray(outcome.status)
+        final_loss = np.where(status == 0, outcome.final_loss, np.nan)
+        meta = dict(model=spec.model.id, model_fingerprint=spec.model.fingerprint(),
+                    backend=spec.backend, optim_space=spec.optim_space,
+                    n_iter=int(outcome.losses.shape[1]), seconds=float(seconds),
+                    solver=repr(spec.solver), adjoint=repr(spec.adjoint))
+        return cls(parameters=pd.DataFrame(outcome.final, columns=names),
+                   initial_parameters=pd.DataFrame(outcome.initial, columns=names),
+                   loss_history=np.asarray(outcome.losses, dtype=float),
+                   status=[FIT_STATUS.get(int(s), "failed") for s in status],
                    final_loss=np.asarray(final_loss, dtype=float),
-                   restarts=np.asarray(restarts), meta=meta, _trainer=trainer)
+                   restarts=np.asarray(outcome.restarts), meta=meta, _trainer=trainer)
 
     # -- the seed's view ------------------------------------------------------------
     def __iter__(self):
@@ -164,16 +174,12 @@ class TrainingResults:
     # -- plots ------------------------------------------------------------------------------
     def plot_loss(self, path: str | Path | None = None, *, ax: Any = None):
         """Loss per iteration of every initialisation on a log scale (PNG if ``path``)."""
-        from kinabs._fit.plots import plot_loss
-
-        return plot_loss(self, path=path, ax=ax)
+        return plots.plot_loss(self, path=path, ax=ax)
 
     def plot_fit(self, path: str | Path | None = None, *, model: Any = None, data: Any = None,
                  index: int | None = None):
         """Data points against the simulated curves of the best fit (or start ``index``)."""
-        from kinabs._fit.plots import plot_fit
-
-        return plot_fit(self, path=path, model=model, data=data, index=index)
+        return plots.plot_fit(self, path=path, model=model, data=data, index=index)
 
 
 def _num(x: float) -> float | None:

@@ -4,12 +4,19 @@ Layout::
 
     RUN_DIR/manifest.json           what fit this is (hashes of model, data, starts, options)
     RUN_DIR/chunks/chunk-00003.parquet  one table per finished chunk (CSV without pyarrow)
-    RUN_DIR/log.jsonl               one line per chunk written (which run, worker, seconds)
+    RUN_DIR/log.jsonl               one line per chunk file written (run, worker, seconds)
 
-Every file is written to a temporary name and renamed into place (``os.replace``), so a
-reader never sees half a file: a killed driver leaves finished chunks intact and nothing
-else. Running the same fit with the same folder reads the finished chunks and runs only
-the missing ones; a folder that holds another fit is refused, naming what differs.
+The chunk files are the truth: a chunk is finished when its file is there. Each file is
+written to a temporary name and renamed into place (``os.replace``), so it is whole or
+absent, never half written. The log is a record derived from the files, written after
+them: a kill (SIGKILL, power loss) between the rename and the log line leaves a file
+without its line, never a line without its file. :meth:`RunFolder.open` repairs that
+case: it appends the missing line, derived from the file itself (marked ``recovered``),
+before the fit goes on. Each line carries the sha256 of the file it describes, so a
+chunk written again (after its file was deleted or damaged) is told apart from the first
+write; lines of files deleted since stay in the log as history. So after ``open`` every
+chunk file has its line, and a rerun of the same fit reads the finished chunks and runs
+only the missing ones. A folder that holds another fit is refused, naming what differs.
 
 Example:
     >>> import tempfile, numpy as np, kinabs
@@ -21,11 +28,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,12 @@ from typing import Any
 import numpy as np
 
 from kinabs._errors import RunFolderError
+from kinabs._fit.results import TrainingResults
 
 __all__ = ["RunFolder", "RunFolderError", "ChunkTable", "array_digest"]
 
 MANIFEST = "manifest.json"
+LOG = "log.jsonl"
 _FORMAT = 1
 #: Manifest keys that describe the fit. A folder whose manifest differs in any of them
 #: holds another fit (``created`` and ``run`` only say when and by whom).
@@ -113,18 +122,50 @@ def _has_pyarrow() -> bool:
     return True
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: readers see all of it or nothing."""
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, then rename it to ``path``: readers (and a
+    later run after a kill) see all of it or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as fh:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _table_bytes(df, fmt: str) -> bytes:
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    return df.to_csv(index=False, na_rep="NaN").encode()
+
+
+def _read_table(data: bytes, fmt: str):
+    import pandas as pd
+
+    if fmt == "parquet":
+        return pd.read_parquet(io.BytesIO(data))
+    # exact float64 round trip: pandas 3 parses so by default, 2 when asked
+    exact = {} if pd.__version__ >= "3" else {"float_precision": "round_trip"}
+    return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=["NaN"], **exact)
+
+
+def _log_entry(index: int, df, data: bytes, **extra: Any) -> dict[str, Any]:
+    """A chunk's log line, from its table and file contents: the same whether written with
+    the file or recovered from it later."""
+    return dict(chunk=index, first=int(df["start"].iloc[0]), n=len(df),
+                ok=int((df["status"] == "ok").sum()),
+                seconds=_num(float(df["seconds"].iloc[0])), worker=str(df["worker"].iloc[0]),
+                sha256=hashlib.sha256(data).hexdigest()[:16], **extra)
+
+
+def _stamp(seconds: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
 
 
 class RunFolder:
@@ -134,6 +175,19 @@ class RunFolder:
         path: the folder (created when missing).
         file_format: ``"parquet"`` (default when pyarrow is installed) or ``"csv"``; only
             for new chunk files: existing ones are read in whichever format they have.
+
+    Example (a chunked fit fills the folder; the same fit with the same folder resumes):
+        >>> import tempfile, kinabs
+        >>> trainer = kinabs.Trainer(model=kinabs.load_sbml(kinabs.example_model_path()),
+        ...                          data=kinabs.example_data_path(), n_iter=2, progress=False)
+        >>> _ = trainer.latinhypercube_sampling({}, lower_bound=0.5, upper_bound=2, N=4, seed=0)
+        >>> run_dir = tempfile.mkdtemp()
+        >>> _ = trainer.train(chunk_size=2, run_dir=run_dir)
+        >>> folder = kinabs.RunFolder(run_dir)
+        >>> folder.finished_chunks(), [entry["chunk"] for entry in folder.log()]
+        ([0, 1], [0, 1])
+        >>> folder.results().loss_history.shape
+        (4, 2)
     """
 
     def __init__(self, path: str | os.PathLike[str], *, file_format: str | None = None):
@@ -176,9 +230,8 @@ class RunFolder:
                     f"{self.path} is not empty and has no {MANIFEST}, so it is not a kinabs "
                     "run folder; give a new or empty folder as the run folder.")
             (self.path / "chunks").mkdir(parents=True, exist_ok=True)
-            manifest = dict(manifest, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            _atomic_write(self.path / MANIFEST,
-                          lambda p: p.write_text(json.dumps(manifest, indent=2)))
+            manifest = dict(manifest, created=_stamp())
+            _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
             return manifest
         diffs = [k for k in IDENTITY_KEYS if existing.get(k) != manifest.get(k)]
         if diffs:
@@ -197,71 +250,104 @@ class RunFolder:
                 "resumed or mixed with this one:\n  " + "\n  ".join(lines) +
                 "\nGive another run folder, or delete this one to start over.")
         (self.path / "chunks").mkdir(parents=True, exist_ok=True)
+        self._log_unlogged_chunks()
         return existing
 
     # -- chunks ------------------------------------------------------------------------
     def _chunk_path(self, index: int, fmt: str) -> Path:
         return self.path / "chunks" / f"chunk-{index:05d}.{fmt}"
 
-    def finished_chunks(self) -> list[int]:
-        """Indices of the chunks written so far, sorted."""
+    def _chunk_files(self) -> list[tuple[int, str, Path]]:
         folder = self.path / "chunks"
         if not folder.is_dir():
             return []
-        found = set()
+        found = []
         for p in folder.iterdir():
             stem, _, ext = p.name.partition(".")
             if ext in ("parquet", "csv") and stem.startswith("chunk-") and stem[6:].isdigit():
-                found.add(int(stem[6:]))
+                found.append((int(stem[6:]), ext, p))
         return sorted(found)
 
+    def finished_chunks(self) -> list[int]:
+        """Indices of the chunks written so far (those with a file), sorted."""
+        return sorted({index for index, _, _ in self._chunk_files()})
+
     def write_chunk(self, chunk: ChunkTable, names: list[str], *, run: str = "") -> Path:
-        """Write one chunk's table atomically and log it."""
+        """Write one chunk's table atomically, then its log line (in this order: see the
+        module docstring)."""
         df = chunk.to_frame(names)
+        data = _table_bytes(df, self.file_format)
         path = self._chunk_path(chunk.index, self.file_format)
-        if self.file_format == "parquet":
-            _atomic_write(path, lambda p: df.to_parquet(p, index=False))
-        else:
-            _atomic_write(path, lambda p: df.to_csv(p, index=False, na_rep="NaN"))
-        line = json.dumps(dict(chunk=chunk.index, first=chunk.first, n=chunk.n,
-                               ok=sum(s == "ok" for s in chunk.status),
-                               seconds=_num(chunk.seconds), worker=chunk.worker, run=run,
-                               written=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+        _atomic_write(path, data)
+        self._append_log(_log_entry(chunk.index, df, data, run=run, written=_stamp()))
+        return path
+
+    def _append_log(self, entry: dict[str, Any]) -> None:
         # one write of one short line in append mode: lines of concurrent writers never mix
-        fd = os.open(self.path / "log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, (line + "\n").encode())
+            os.write(fd, (json.dumps(entry) + "\n").encode())
         finally:
             os.close(fd)
-        return path
+
+    def _log_unlogged_chunks(self) -> None:
+        """Append the log line of every chunk file that has none (a kill came between the
+        file and its line), derived from the file."""
+        entries = self.log()
+        logged = {(e.get("chunk"), e.get("sha256")) for e in entries}
+        # lines from before lines named their file's hash count for any file of their chunk
+        logged |= {(e.get("chunk"), None) for e in entries if "sha256" not in e}
+        for index, fmt, path in self._chunk_files():
+            data = path.read_bytes()
+            if {(index, hashlib.sha256(data).hexdigest()[:16]), (index, None)} & logged:
+                continue
+            try:
+                df = _read_table(data, fmt)
+                entry = _log_entry(index, df, data, run="", recovered=True,
+                                   written=_stamp(path.stat().st_mtime))
+            except Exception:  # noqa: BLE001 - damaged: read_chunk will not trust it either
+                continue
+            self._end_torn_line()
+            self._append_log(entry)
+
+    def _end_torn_line(self) -> None:
+        """End a last line that a crash cut short, so the next line starts on its own."""
+        path = self.path / LOG
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"
+            if torn:
+                with open(path, "ab") as fh:
+                    fh.write(b"\n")
 
     def read_chunk(self, index: int, names: list[str], n_iter: int) -> ChunkTable | None:
         """The chunk's table, or ``None`` when it is missing or unreadable (then it is
         run again)."""
-        import pandas as pd
-
         for fmt in ("parquet", "csv"):
             path = self._chunk_path(index, fmt)
             if not path.is_file():
                 continue
             try:
-                if fmt == "parquet":
-                    df = pd.read_parquet(path)
-                else:
-                    # exact float64 round trip: pandas 3 parses so by default, 2 when asked
-                    exact = {} if pd.__version__ >= "3" else {"float_precision": "round_trip"}
-                    df = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], **exact)
-                return ChunkTable.from_frame(df, index, names, n_iter)
+                return ChunkTable.from_frame(_read_table(path.read_bytes(), fmt), index,
+                                             names, n_iter)
             except Exception:  # noqa: BLE001 - a damaged chunk is recomputed, not trusted
                 return None
         return None
 
     def log(self) -> list[dict[str, Any]]:
-        """The chunk log: one entry per chunk written, in order."""
-        path = self.path / "log.jsonl"
+        """The chunk log: one entry per chunk file written, in order (a line that a crash
+        cut short is left out)."""
+        path = self.path / LOG
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = []
+        for line in path.read_text().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+        return entries
 
     def results(self):
         """The fit's :class:`kinabs.TrainingResults`, from the manifest and every chunk
@@ -286,8 +372,6 @@ class RunFolder:
 def assemble(chunks: list[ChunkTable], names: list[str], meta: dict[str, Any]):
     """One :class:`TrainingResults` from chunk tables in start order."""
     import pandas as pd
-
-    from kinabs._fit.results import TrainingResults
 
     chunks = sorted(chunks, key=lambda c: c.first)
     initial = np.concatenate([c.initial for c in chunks])

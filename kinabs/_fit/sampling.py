@@ -1,4 +1,4 @@
-"""Initial guesses for multi-start fits: seeded Latin hypercube sampling.
+"""Initial guesses for multi-start fits: seeded Latin hypercube sampling (scipy.stats.qmc).
 
 Bounds are *factors* of each base value (as in the seed: ``lower_bound=1/10,
 upper_bound=10`` samples between a tenth and ten times the base value). Sampling is
@@ -28,6 +28,7 @@ def latin_hypercube(base: Mapping[str, float], *, lower_bound: float, upper_boun
                     n: int, seed: int | None = None, log: bool = False):
     """``n`` Latin hypercube samples around ``base`` as a DataFrame (one row per sample)."""
     import pandas as pd
+    from scipy.stats import qmc
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise DataError(f"the number of samples N must be a positive integer; got {n!r}.")
@@ -45,10 +46,9 @@ def latin_hypercube(base: Mapping[str, float], *, lower_bound: float, upper_boun
     values = np.asarray([float(base[k]) for k in names])
     if not np.all(np.isfinite(values)):
         raise DataError("base parameter values must be finite.")
-    rng = np.random.default_rng(seed)
-    d = len(names)
-    # one stratum per sample on every axis, strata shuffled independently per axis
-    u = (rng.permuted(np.tile(np.arange(n), (d, 1)), axis=1).T + rng.random((n, d))) / n
+    # scipy's Latin hypercube: one sample per stratum on every axis, uniform within it;
+    # a Generator seeded here gives the same samples for the same seed (and scipy version)
+    u = qmc.LatinHypercube(len(names), seed=np.random.default_rng(seed)).random(n)
     if log:
         factors = np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
     else:

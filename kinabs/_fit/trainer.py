@@ -2,19 +2,11 @@
 
 It keeps the seed's workflow (``Trainer(model=..., data=..., n_iter=...)``,
 ``latinhypercube_sampling``, ``parameter_sets``, ``train()``, further rounds) and adds
-seeds, typed options, statuses, joined rounds and saved results. The per-iteration work
-runs in one compiled program per backend that trains every initialisation together.
-
-Example:
-    >>> import kinabs
-    >>> model = kinabs.load_sbml(kinabs.example_model_path())
-    >>> trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=5,
-    ...                          progress=False)
-    >>> sets = trainer.latinhypercube_sampling(model.parameter_values(), lower_bound=0.5,
-    ...                                        upper_bound=2, N=2, seed=0)
-    >>> optimized_parameters, loss_per_iteration = trainer.train()
-    >>> loss_per_iteration.shape
-    (2, 5)
+seeds, typed options, statuses, joined rounds and saved results. The Trainer checks the
+options and freezes them into a :class:`~kinabs._fit.spec.FitSpec`, from which the
+backend's training program is built: one compiled program that trains every start
+together, run by :func:`~kinabs._fit.loop.run_loop` in this process or chunk by chunk
+through :func:`~kinabs._fit.executor.run_chunked`.
 """
 
 from __future__ import annotations
@@ -30,11 +22,14 @@ import numpy as np
 from kinabs._backend import get_backend, resolve_backend_name
 from kinabs._errors import DataError
 from kinabs._fit.data import TrainingData
+from kinabs._fit.executor import check_chunk_size, run_chunked
+from kinabs._fit.loop import progress_bar, run_loop
 from kinabs._fit.results import TrainingResults
 from kinabs._fit.sampling import latin_hypercube
+from kinabs._fit.spec import FitSpec
 from kinabs._lowering.system import as_system
 from kinabs._options import AdjointOptions, SolverOptions, adjoint_options, solver_options
-from kinabs._problem import CustomLoss, ExperimentArrays, FitProblem
+from kinabs._problem import CustomLoss, FitProblem, TrainingProgram
 
 __all__ = ["Trainer", "exponentiate_parameters", "log_transform_parameters"]
 
@@ -42,12 +37,24 @@ _SPACES = ("log", "linear")
 
 
 def exponentiate_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
-    """From log-space values (base 2, as the seed and kinabs' log space use) to linear."""
+    """From log-space values (base 2, as the seed and kinabs' log space use) to linear.
+
+    Example:
+        >>> from kinabs import exponentiate_parameters
+        >>> exponentiate_parameters({"k1": 3.0, "k2": -1.0})
+        {'k1': 8.0, 'k2': 0.5}
+    """
     return {k: 2.0 ** v for k, v in params.items()}
 
 
 def log_transform_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
-    """From linear values to log space (base 2)."""
+    """From linear values to log space (base 2); arrays are transformed elementwise.
+
+    Example:
+        >>> from kinabs import log_transform_parameters
+        >>> log_transform_parameters({"k1": 8.0, "k2": 0.5})
+        {'k1': 3.0, 'k2': -1.0}
+    """
     return {k: math.log2(v) if isinstance(v, (int, float)) else np.log2(v)
             for k, v in params.items()}
 
@@ -81,6 +88,20 @@ class Trainer:
         resample_failed: replace starts whose integration fails by new Latin hypercube
             samples (from the last :meth:`latinhypercube_sampling` bounds) and go on.
         progress: show a progress bar.
+
+    Example (two starts, three iterations, then a second round that goes on from the
+    first; :meth:`train` shows chunked runs):
+        >>> import kinabs
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=3,
+        ...                          progress=False)
+        >>> starts = trainer.latinhypercube_sampling(model.parameter_values(),
+        ...                                          lower_bound=0.5, upper_bound=2, N=2, seed=0)
+        >>> optimized_parameters, loss_per_iteration = trainer.train()
+        >>> loss_per_iteration.shape, trainer.results.status
+        ((2, 3), ['ok', 'ok'])
+        >>> trainer.train(resume=trainer.results).loss_history.shape
+        (2, 6)
     """
 
     def __init__(
@@ -226,50 +247,30 @@ class Trainer:
         return self.parameter_sets
 
     # -- the fit ------------------------------------------------------------------------
-    def _problem(self) -> FitProblem:
-        sys_ = self.system
-        exps = []
-        for e in self.data.experiments:
-            keys = [sys_.output_key(s, "concentration") for s in e.species]
-            y0 = np.zeros(len(sys_.states))
-            mask = np.zeros(len(sys_.states), dtype=bool)
-            p_idx, p_val = [], []
-            for s, v in (e.initial or {}).items():
-                if s in sys_.state_index:
-                    y0[sys_.state_index[s]] = v
-                    mask[sys_.state_index[s]] = True
-                else:
-                    p_idx.append(sys_.parameter_index[s])
-                    p_val.append(v)
-            exps.append(ExperimentArrays(
-                t0=float(e.times[0]), times=e.times, values=e.values, mask=e.mask,
-                output_index=np.asarray([sys_.output_index[k] for k in keys]),
-                y0=y0, y0_mask=mask, p_index=np.asarray(p_idx, dtype=np.int64),
-                p_values=np.asarray(p_val, dtype=np.float64), species=e.species))
-        return FitProblem(
-            system=sys_, experiments=tuple(exps), base_parameters=sys_.parameter_vector(),
-            train_index=np.asarray([sys_.parameter_index[n] for n in self.parameters]),
-            train_names=tuple(self.parameters), space=self.optim_space, solver=self.solver,
-            adjoint=self.adjoint, loss=self._loss, loss_threshold=self.loss_threshold)
+    def _fit_spec(self) -> FitSpec:
+        """This trainer's fit as the picklable description that programs are built from."""
+        return FitSpec(
+            model=self.model, data=self.data, parameters=tuple(self.parameters),
+            backend=self.backend_name, optim_space=self.optim_space,
+            optimizer=None if self._optimizer_is_default() else self.optimizer,
+            loss=self._loss, solver=self.solver, adjoint=self.adjoint,
+            loss_threshold=self.loss_threshold)
 
-    def _get_program(self):
+    def _problem(self) -> FitProblem:
+        """The fit's arrays (the conformance checks hand them to their reference)."""
+        return self._fit_spec().problem()
+
+    def _get_program(self) -> TrainingProgram:
+        """The training program of the current options (rebuilt when one changed)."""
         key = (id(self.optimizer), self._loss, self.optim_space, self.solver, self.adjoint,
                self.loss_threshold, tuple(self.parameters))
         if self._program is None or self._program_key != key:
-            self._program = self._backend.training_program(
-                self._problem(), self.optimizer, self._n_iter,
-                optimizer_key=self._optimizer_key if self._optimizer_is_default() else None)
+            self._program = self._fit_spec().program(self._n_iter)
             self._program_key = key
         return self._program
 
     def _optimizer_is_default(self) -> bool:
         return self._optimizer_key is not None and self._default_optimizer is self.optimizer
-
-    def _to_space(self, linear: np.ndarray) -> np.ndarray:
-        return np.log2(linear) if self.optim_space == "log" else linear
-
-    def _from_space(self, theta: np.ndarray) -> np.ndarray:
-        return np.exp2(theta) if self.optim_space == "log" else theta
 
     def train(self, resume: TrainingResults | None = None, *, executor: Any = None,
               chunk_size: int | None = None, run_dir: str | os.PathLike[str] | None = None,
@@ -311,78 +312,51 @@ class Trainer:
             raise DataError("no initial parameter sets: call trainer.latinhypercube_sampling("
                             "...) or assign trainer.parameter_sets first.")
         if executor is not None or chunk_size is not None or run_dir is not None:
-            from kinabs._fit.executor import run_chunked
+            result = self._train_chunked(start, executor=executor, chunk_size=chunk_size,
+                                         run_dir=run_dir, retries=retries)
+        else:
+            result = self._train_here(start, resume)
+        if resume is not None:
+            result = resume.join(result)
+        self.results = result
+        return result
 
-            result = run_chunked(self, start, executor=executor, chunk_size=chunk_size,
-                                 run_dir=run_dir, retries=retries)
-            if resume is not None:
-                result = resume.join(result)
-            self.results = result
-            return result
+    def _train_here(self, start: np.ndarray, resume: TrainingResults | None
+                    ) -> TrainingResults:
         t_start = time.perf_counter()
         program = self._get_program()
         state = None
         if resume is not None and resume._state is not None and resume._program is program:
             state = resume._state
-        bar = _progress(self._n_iter, self.progress)
-        state, arrays = self._train_arrays(program, start, self._n_iter, state=state, bar=bar)
-        result = TrainingResults.from_run(trainer=self, **arrays,
+        bar = progress_bar(self._n_iter, self.progress)
+        state, outcome = run_loop(program, start, self._n_iter, space=self.optim_space,
+                                  state=state, bar=bar,
+                                  resample=self._fresh_starts if self.resample_failed else None)
+        result = TrainingResults.from_run(self._fit_spec(), outcome, trainer=self,
                                           seconds=time.perf_counter() - t_start)
-        if resume is not None:
-            result = resume.join(result)
         result._state, result._program = state, program
-        self.results = result
         return result
 
-    def _train_arrays(self, program, start: np.ndarray, n_iter: int, *, state=None,
-                      bar=None) -> tuple[Any, dict[str, np.ndarray]]:
-        """Train the rows of ``start`` (linear values) for ``n_iter`` iterations with
-        ``program``; returns the final state and the arrays TrainingResults is made of."""
-        if state is None:
-            state = program.init(self._to_space(start))
-        losses = np.full((start.shape[0], n_iter), np.nan)
-        done, restarts = 0, np.zeros(start.shape[0], dtype=int)
-        initial = start.copy()
-        while done < n_iter:
-            n = min(program.chunk, n_iter - done)
-            state, chunk_losses = program.run(state, n)
-            losses[:, done:done + n] = chunk_losses
-            done += n
-            if self.resample_failed:
-                state = self._resample(program, state, restarts, initial)
-            if bar is not None:
-                best = np.nanmin(losses[:, :done]) if np.isfinite(losses[:, :done]).any() \
-                    else float("nan")
-                bar.update(n)
-                bar.set_postfix(best_loss=f"{best:.3e}")
-        if bar is not None:
-            bar.close()
-        return state, dict(initial=initial, final=self._from_space(program.theta(state)),
-                           losses=losses, status=program.status(state),
-                           final_loss=program.final_loss(state), restarts=restarts)
+    def _train_chunked(self, start: np.ndarray, **options: Any) -> TrainingResults:
+        if self.resample_failed:
+            check_chunk_size(options["chunk_size"])  # a bad chunk size is named first
+            raise DataError(
+                "resample_failed=True is not supported in chunked runs (executor, chunk_size "
+                "or run_dir): new samples would depend on which starts share a chunk. Train "
+                "without those options, or set resample_failed=False.")
+        result = run_chunked(self._fit_spec(), start, n_iter=self._n_iter,
+                             seed=(self._bounds or {}).get("seed"), progress=self.progress,
+                             local_program=self._get_program, **options)
+        result._trainer = self
+        return result
 
-    def _resample(self, program, state, restarts, initial):
-        failed = program.status(state) != 0
-        if not failed.any():
-            return state
+    def _fresh_starts(self, k: int) -> np.ndarray:
+        """``k`` new starts from the last sampling's bounds, for failed starts."""
         if self._bounds is None:
             raise DataError("resample_failed needs bounds: call latinhypercube_sampling first.")
         b = self._bounds
         b["draws"] += 1
         seed = None if b["seed"] is None else b["seed"] + 7919 * b["draws"]
         fresh = latin_hypercube(b["base"], lower_bound=b["lower_bound"],
-                                upper_bound=b["upper_bound"], n=int(failed.sum()), seed=seed,
-                                log=b["log"])[self.parameters].to_numpy()
-        theta = program.theta(state).copy()
-        theta[failed] = self._to_space(fresh)
-        initial[failed] = fresh
-        restarts[failed] += 1
-        return program.reset(state, failed, theta)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="training", unit="it", leave=True)
+                                upper_bound=b["upper_bound"], n=k, seed=seed, log=b["log"])
+        return fresh[self.parameters].to_numpy()
