@@ -320,7 +320,7 @@ def chain_worker(n: int, out_path: Path, until: str = "simulate") -> None:
         return
 
     # the generated rhs alone: how much HLO the printer emits and what XLA takes for it
-    from kinabs.backends.jax._backend import lowered
+    from kinabs.backends.jax._simulate import lowered
 
     with jax.enable_x64(True):
         fns = lowered(system)

@@ -3,6 +3,10 @@
 Everything here runs with 64-bit floats switched on *locally* (``jax.enable_x64(True)``
 as a context manager around kinabs' own calls), so a user's float32 JAX program keeps
 its global setting; arrays come back as float64 numpy arrays.
+
+Files, the same names as the torch backend's: ``_backend`` (the ``Backend`` class,
+which delegates), ``_simulate`` (diffrax solves), ``_train`` (the training program),
+``_ops`` (the operator table), ``_program_cache`` (traced programs kept on disk).
 """
 
 import os

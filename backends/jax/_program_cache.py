@@ -1,21 +1,28 @@
 """A disk cache of traced training programs (``jax.export``), so that a second run of
 the same fit skips Python tracing; XLA compilation is skipped too, by JAX's persistent
 compilation cache. A program is cached only when everything it closes over has a key:
-the generated model code, the data, the options, the default optimizer and loss.
+the generated model code, the data, the options, the default optimizer and loss. Every
+key also covers kinabs' own source code, read from its package folders.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import diffrax
 import jax
 import numpy as np
+import optax
 
-__all__ = ["program_key", "cached_jit"]
+from kinabs import _version
+
+__all__ = ["program_key", "cached_jit", "package_folders", "source_files", "source_digest"]
 
 
 def _cache_dir() -> Path | None:
@@ -27,15 +34,17 @@ def _cache_dir() -> Path | None:
 
 
 def program_key(*parts: Any) -> str:
-    """A hash of ``parts`` (strings, numbers, numpy arrays) and the library versions."""
-    import diffrax
-    import optax
+    """A hash of ``parts`` (strings, numbers, numpy arrays), kinabs' source code and the
+    library versions.
 
-    import kinabs
-
+    Example:
+        >>> from kinabs.backends.jax._program_cache import program_key
+        >>> len(program_key("a", 1)), program_key("a", 1) == program_key("a", 2)
+        (32, False)
+    """
     h = hashlib.sha256()
-    h.update(_source_digest())
-    for part in (kinabs.__version__, jax.__version__, diffrax.__version__, optax.__version__,
+    h.update(_installed_digest())
+    for part in (_version.__version__, jax.__version__, diffrax.__version__, optax.__version__,
                  *parts):
         if isinstance(part, np.ndarray):
             h.update(str(part.dtype).encode() + str(part.shape).encode())
@@ -46,28 +55,42 @@ def program_key(*parts: Any) -> str:
     return h.hexdigest()[:32]
 
 
-_SOURCES = ("kinabs/_losses.py", "kinabs/_lowering/ops.py", "kinabs/_lowering/codegen.py", "kinabs/_lowering/vectorize.py",
-            "kinabs/backends/jax/_train.py",
-            "kinabs/backends/jax/_backend.py", "kinabs/backends/jax/_ops.py",
-            "kinabs/backends/jax/_program_cache.py")
-_DIGEST: bytes | None = None
+def package_folders() -> tuple[Path, ...]:
+    """The folders whose code shapes a traced program: the ``kinabs`` package (the model
+    code generation, the losses, the solver policy) and this backend's package."""
+    return Path(_version.__file__).resolve().parent, Path(__file__).resolve().parent
 
 
-def _source_digest() -> bytes:
-    """Hash of the code that shapes a traced program, so an edited kinabs never loads a
-    program traced by an older one."""
-    global _DIGEST
-    if _DIGEST is None:
-        import importlib.util
+def source_files(folders: Iterable[Path]) -> list[tuple[str, Path]]:
+    """Every ``.py`` file below ``folders``, as (folder name/relative path, path), sorted.
 
-        h = hashlib.sha256()
-        for rel in _SOURCES:
-            module = rel[:-3].replace("/", ".")
-            spec = importlib.util.find_spec(module)
-            if spec is not None and spec.origin:
-                h.update(Path(spec.origin).read_bytes())
-        _DIGEST = h.digest()
-    return _DIGEST
+    Whole folders, not a list of modules: a file renamed, moved or added is hashed
+    without anyone remembering to list it."""
+    files = []
+    for folder in folders:
+        folder = Path(folder)
+        for path in folder.rglob("*.py"):
+            files.append((f"{folder.name}/{path.relative_to(folder).as_posix()}", path))
+    return sorted(files)
+
+
+def source_digest(folders: Iterable[Path]) -> bytes:
+    """Hash of the names and contents of the ``.py`` files below ``folders``; the same
+    for a copy of them anywhere."""
+    h = hashlib.sha256()
+    for name, path in source_files(folders):
+        data = path.read_bytes()
+        # lengths delimit the fields: no two different trees hash the same bytes
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.digest()
+
+
+@functools.cache
+def _installed_digest() -> bytes:
+    """:func:`source_digest` of the running kinabs, once per process: an edited kinabs
+    never loads a program traced by an older one."""
+    return source_digest(package_folders())
 
 
 def cached_jit(fn: Any, example_args: tuple, key: str | None):

@@ -21,9 +21,12 @@ from kinabs._errors import BackendError
 from kinabs._losses import DEFAULT_TERMS
 from kinabs._options import AdjointOptions
 from kinabs._problem import FitProblem, TrainingProgram
-from kinabs.backends.jax._backend import lowered, make_adjoint, make_solver, solve_one
+from kinabs._stages import solve_stages
+from kinabs.backends.jax._program_cache import cached_jit, program_key
+from kinabs.backends.jax._simulate import lowered, make_adjoint, make_solver, solve_one
 
-__all__ = ["JaxTrainingProgram", "default_optimizer", "enable_compilation_cache"]
+__all__ = ["JaxTrainingProgram", "check_optimizer", "default_optimizer",
+           "enable_compilation_cache"]
 
 _CACHE_SET = False
 
@@ -51,6 +54,19 @@ def default_optimizer() -> optax.GradientTransformation:
     return optax.chain(optax.adabelief(1e-3), optax.clip_by_global_norm(float(np.log(4.0))))
 
 
+def check_optimizer(optimizer: Any) -> None:
+    """Raise BackendError unless ``optimizer`` is an optax transformation (the
+    ``Backend.check_optimizer`` of JAX, and the guard of every training program)."""
+    if not isinstance(optimizer, optax.GradientTransformation):
+        hint = ""
+        if isinstance(optimizer, type) or "torch" in type(optimizer).__module__:
+            hint = " It looks like a torch optimizer: use backend='torch' for those."
+        raise BackendError(
+            "the jax backend needs an optax.GradientTransformation as optimizer, e.g. "
+            f"optax.adam(1e-3); got {optimizer!r}.{hint}"
+        )
+
+
 #: Iterations per call of the compiled program. Fixed, so that every round of a fit (any
 #: n_iter) runs the same program; iterations past the end of a round are skipped by a
 #: real branch and cost nothing.
@@ -60,8 +76,14 @@ CHUNK = 25
 #: iteration with the implicit solver (Kvaerno5).
 AUTO_TRAIN_EXPLICIT_STEPS = 4096
 
-#: The last stage of every program: the previous stage's solver with forward-mode
-#: sensitivities, for starts whose loss is finite but whose reverse-mode gradient is not.
+#: Keys of ``_loss_fns`` for the stages of ``kinabs._stages.solve_stages``, in order; "auto"
+#: has all three (capped explicit, implicit, explicit with every step allowed), the
+#: last only where the cap is below max_steps.
+STAGE_NAMES = ("main", "stiff", "long")
+
+#: The last stage of every program: the problem's solver ("auto": the explicit one) with
+#: forward-mode sensitivities, for starts whose loss is finite but whose reverse-mode
+#: gradient is not.
 SENSITIVITIES = "sensitivities"
 
 
@@ -89,11 +111,7 @@ class JaxTrainingProgram(TrainingProgram):
 
     def __init__(self, problem: FitProblem, optimizer: Any, n_iter: int, *,
                  optimizer_key: str | None = None):
-        if not isinstance(optimizer, optax.GradientTransformation):
-            raise BackendError(
-                "the jax backend needs an optax.GradientTransformation as optimizer (e.g. "
-                f"optax.adam(1e-3)); got {type(optimizer).__name__}."
-            )
+        check_optimizer(optimizer)
         enable_compilation_cache()
         self.problem = problem
         self.optimizer = optimizer
@@ -101,23 +119,11 @@ class JaxTrainingProgram(TrainingProgram):
         del n_iter  # the program serves every round length
         self._optimizer_key = optimizer_key
         with jax.enable_x64(True):
-            method = problem.solver.method
-            if method == "auto":
-                # Explicit first. A start that runs out of steps (or blows up) goes on with
-                # the implicit solver, in a second program compiled only if one does; one
-                # the implicit solver fails too goes on with the explicit one and every step
-                # allowed (Kvaerno5's chord iterations can fail to converge at rtol 1e-12
-                # where Tsit5 needs 28,000 steps but succeeds: Bachmann_MSB2011).
-                cap = min(problem.solver.max_steps, AUTO_TRAIN_EXPLICIT_STEPS)
-                steps = problem.solver.max_steps
-                self._loss_fns = {"main": self._make_loss("nonstiff", cap),
-                                  "stiff": self._make_loss("stiff", steps)}
-                if steps > cap:
-                    self._loss_fns["long"] = self._make_loss("nonstiff", steps)
-                last = "nonstiff"
-            else:
-                self._loss_fns = {"main": self._make_loss(method, problem.solver.max_steps)}
-                last = method
+            # One program per stage of the solver policy; a start that a stage fails goes
+            # on with the next, whose program is compiled only when some start needs it.
+            stages = solve_stages(problem.solver, explicit_cap=AUTO_TRAIN_EXPLICIT_STEPS)
+            self._loss_fns = {name: self._make_loss(stage.method, stage.max_steps)
+                              for name, stage in zip(STAGE_NAMES, stages)}
             #: the stages whose gradient is forward-mode (jacfwd through diffrax.ForwardMode)
             self._forward: set[str] = set()
             if problem.adjoint.method == "forward":
@@ -127,14 +133,18 @@ class JaxTrainingProgram(TrainingProgram):
                 # through rejected trial steps too, and one whose vector field is NaN (a
                 # state a hair below 0 under a fractional power: Merkle 2016) leaks 0 * NaN
                 # through the step's where. Forward-mode sensitivities select, not multiply:
-                # the same derivative of the computed solution, without the NaN.
+                # the same derivative of the computed solution, without the NaN. For
+                # "auto" that is the explicit solver with every step allowed, also where
+                # max_steps is within the explicit cap and the last stage is implicit.
+                method = problem.solver.method
                 self._loss_fns[SENSITIVITIES] = self._make_loss(
-                    last, problem.solver.max_steps, adjoint=AdjointOptions("forward"))
+                    "nonstiff" if method == "auto" else method, problem.solver.max_steps,
+                    adjoint=AdjointOptions("forward"))
                 self._forward.add(SENSITIVITIES)
-            self._loss_fn = self._loss_fns["main"]
-            self._loss_one = lambda theta: self._loss_fn(theta, True)
+            #: compiled training chunks by (stage, batch size)
             self._runs: dict[tuple[str, int], Any] = {}
-            self._loss_batch = None
+            #: compiled batched value_and_grad by stage (``value_and_grad``)
+            self._vg_batched: dict[str, Any] = {}
 
     def _key(self, which: str, n: int) -> str | None:
         pb = self.problem
@@ -147,8 +157,6 @@ class JaxTrainingProgram(TrainingProgram):
         for e in pb.experiments:
             parts += [e.t0, e.times, e.values, e.output_index, e.y0, e.y0_mask, e.p_index,
                       e.p_values]
-        from kinabs.backends.jax._program_cache import program_key
-
         return program_key(*parts)
 
     def _run(self, which: str, carry, budget, probe):
@@ -164,8 +172,6 @@ class JaxTrainingProgram(TrainingProgram):
             (leaves, jnp.asarray(budget, dtype=jnp.int32), jnp.asarray(probe, dtype=bool)),
             device)
         if (which, n) not in self._runs:
-            from kinabs.backends.jax._program_cache import cached_jit
-
             run = self._make_run(self._loss_fns[which], which in self._forward)
 
             def flat(leaves, budget, probe, _treedef=treedef):
@@ -436,9 +442,6 @@ class JaxTrainingProgram(TrainingProgram):
         sensitivities, as training does."""
         theta = np.asarray(theta, dtype=np.float64)
         with jax.enable_x64(True):
-            if not hasattr(self, "_vg_batched"):
-                self._vg_batched = {}
-
             def batched(which):
                 if which not in self._vg_batched:
                     vg = _value_and_grad(self._loss_fns[which], which in self._forward)
@@ -458,13 +461,6 @@ class JaxTrainingProgram(TrainingProgram):
                 loss[redo], status[redo], grad[redo] = (np.asarray(l2), np.asarray(s2),
                                                         np.asarray(g2))
         return loss, status, grad
-
-    def loss(self, theta):
-        with jax.enable_x64(True):
-            if self._loss_batch is None:
-                self._loss_batch = jax.jit(jax.vmap(self._loss_one))
-            loss, status = self._loss_batch(jnp.asarray(theta, dtype=jnp.float64))
-            return np.asarray(loss), np.asarray(status)
 
 
 class _State:

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from kinabs._backend import Backend, RawSolution
-from kinabs.backends.torch._ops import TorchOps
 from kinabs.backends.torch._simulate import simulate
 from kinabs.backends.torch._train import (
     TorchTrainingProgram,
@@ -24,9 +23,6 @@ class TorchBackend(Backend):
     """Backend on PyTorch: a batched Rosenbrock solver and torchdiffeq."""
 
     name = "torch"
-
-    def ops(self) -> TorchOps:
-        return TorchOps()
 
     def simulate(self, system, times, parameters, *, t0, y0, y0_mask, output_index,
                  solver) -> RawSolution:

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from kinabs._backend import BACKENDS as REGISTERED_BACKENDS
-from kinabs._conformance.backends import adam_training, loss_and_gradient, trajectories
+from kinabs._conformance import backends as opinions
 from kinabs._conformance.reference import ScipyReference
 from kinabs._conformance.report import CheckRow, ConformanceReport
 from kinabs._errors import DataError, UnsupportedFeatureError
@@ -306,7 +306,7 @@ def _trajectories(st, full, backends, unsupported, solver, ref):
     traj: dict[str, Any] = {}
     preds = None
     for b in backends:
-        out = _run_backend(b, unsupported, trajectories, st.system, st.data, full,
+        out = _run_backend(b, unsupported, opinions.trajectories, st.system, st.data, full,
                            solver=solver)
         if out is not None:
             preds = preds or out[0]
@@ -498,7 +498,7 @@ def check_conformance(
         theta = np.log2(st.rows) if space == "log" else st.rows
         loss, grad = {}, {}
         for b in backends:
-            out = _run_backend(b, unsupported, loss_and_gradient, st.system, st.data, theta,
+            out = _run_backend(b, unsupported, opinions.loss_and_gradient, st.system, st.data, theta,
                                space=space, parameters=st.parameters, solver=solver)
             if out is not None:
                 lv, status, g = out
@@ -547,7 +547,7 @@ def check_conformance(
             curves: dict[str, Any] = {}
             statuses: dict[str, list[str]] = {}
             for b in backends:
-                out = _run_backend(b, unsupported, adam_training, st.system, st.data,
+                out = _run_backend(b, unsupported, opinions.adam_training, st.system, st.data,
                                    st.train_starts, space=space, parameters=st.parameters,
                                    solver=training_solver, learning_rate=lr[space],
                                    n_iter=train_iterations)

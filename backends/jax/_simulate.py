@@ -1,0 +1,147 @@
+"""Solving on JAX with diffrax: the pieces training shares, and one jit-compiled, vmapped
+solve per batch for :func:`simulate`.
+
+Example:
+    >>> from kinabs.backends.jax._simulate import make_solver
+    >>> type(make_solver("auto")).__name__, type(make_solver("stiff")).__name__
+    ('Tsit5', 'Kvaerno5')
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kinabs._backend import RawSolution
+from kinabs._errors import BackendError
+from kinabs._options import AdjointOptions, SolverOptions
+from kinabs._stages import SolveStage, run_stages, solve_stages
+from kinabs.backends.jax._ops import JaxOps
+
+__all__ = ["simulate", "lowered", "make_solver", "make_adjoint", "solve_one",
+           "AUTO_EXPLICIT_STEP_CAP"]
+
+#: Explicit solves in "auto" mode that need more steps than this are redone implicitly.
+AUTO_EXPLICIT_STEP_CAP = 20_000
+
+
+def lowered(system):
+    """The system's generated functions bound to jax.numpy (made once per system)."""
+    fns = system._cache.get("jax")
+    if fns is None:
+        with jax.enable_x64(True):
+            fns = system.generated.bind(JaxOps())
+        system._cache["jax"] = fns
+    return fns
+
+
+def make_solver(method: Any) -> diffrax.AbstractSolver:
+    """Map a SolverOptions.method to a diffrax solver."""
+    if method == "stiff":
+        return diffrax.Kvaerno5()
+    if method in ("nonstiff", "auto"):
+        return diffrax.Tsit5()
+    if isinstance(method, diffrax.AbstractSolver):
+        return method
+    raise BackendError(
+        f"the jax backend cannot use solver {method!r}: give 'auto', 'stiff', 'nonstiff' or a "
+        "diffrax solver instance (e.g. diffrax.Kvaerno5())."
+    )
+
+
+def make_adjoint(adjoint: AdjointOptions | None) -> diffrax.AbstractAdjoint:
+    """Map AdjointOptions (default: checkpointed backpropagation) to a diffrax adjoint."""
+    adjoint = adjoint or AdjointOptions()
+    if adjoint.method == "checkpoint":
+        return diffrax.RecursiveCheckpointAdjoint(checkpoints=adjoint.checkpoints)
+    if adjoint.method == "backsolve":
+        return diffrax.BacksolveAdjoint()
+    return diffrax.ForwardMode()
+
+
+def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, y0, k,
+              *, max_steps: int, adjoint: diffrax.AbstractAdjoint | None = None,
+              active=None):
+    """Solve one system from (t0, y0) with constants k; returns (ys (T, S), status, steps).
+
+    Status codes follow ``kinabs._backend.STATUS``. ``active`` (a traced bool) set to
+    False replaces the vector field by zero, so that a batch member whose result is not
+    needed (a frozen start in a vmapped fit) costs a handful of steps, not a full solve."""
+    if active is None:
+        term = diffrax.ODETerm(lambda t, y, args: fns.rhs(t, y, args))
+    else:
+        k = (k, active)
+        term = diffrax.ODETerm(
+            lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
+    # steps end at the times where the vector field jumps (a rate piecewise in time)
+    breaks = fns.generated.time_breaks
+    controller = diffrax.PIDController(
+        rtol=opts.rtol, atol=opts.atol,
+        jump_ts=jnp.asarray(breaks, dtype=jnp.float64) if breaks else None)
+    t1 = ts[-1]
+    # diffrax needs t1 > t0; a zero-length solve returns y0 at every time.
+    t1_safe = jnp.where(t1 > t0, t1, t0 + 1.0)
+    sol = diffrax.diffeqsolve(
+        term, solver, t0=t0, t1=t1_safe, dt0=opts.dt0, y0=y0, args=k,
+        saveat=diffrax.SaveAt(ts=jnp.where(t1 > t0, ts, t0)),
+        stepsize_controller=controller, max_steps=max_steps, throw=False,
+        adjoint=adjoint or diffrax.RecursiveCheckpointAdjoint(),
+    )
+    ys = sol.ys
+    ok = sol.result == diffrax.RESULTS.successful
+    max_steps_hit = sol.result == diffrax.RESULTS.max_steps_reached
+    finite = jnp.all(jnp.isfinite(ys))
+    if isinstance(solver, diffrax.AbstractImplicitSolver):
+        # A Jacobian that is not finite at the start (A**0.5 at A = 0) makes the Newton
+        # update 0: the state never leaves its initial value, and the solve "succeeds".
+        j0 = jax.jacfwd(lambda y: term.vf(t0, y, k))(y0)
+        finite = finite & jax.lax.stop_gradient(jnp.all(jnp.isfinite(j0)))
+    status = jnp.where(ok, jnp.where(finite, 0, 2), jnp.where(max_steps_hit, 1, 3))
+    return ys, status, sol.stats["num_accepted_steps"]
+
+
+# Module level, not per backend instance: a compiled solve depends only on its arguments,
+# and a few of them per process cover every stage of "auto".
+@functools.lru_cache(maxsize=64)
+def _compiled(system, method, opts: SolverOptions, max_steps: int, has_y0: bool,
+              output_index: tuple[int, ...]):
+    fns = lowered(system)
+    solver = make_solver(method)
+    outputs = fns.outputs_at(output_index)  # bound outside the trace
+
+    def one(p, y0_nat, mask, ts, t0):
+        y0, k = fns.init(t0, p)
+        if has_y0:
+            factors = fns.to_state(t0, y0, k)
+            y0 = jnp.where(mask, y0_nat * factors, y0)
+        ys, status, steps = solve_one(fns, solver, opts, ts, t0, y0, k, max_steps=max_steps)
+        out = outputs(ts, ys, k)
+        return out, status, steps
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
+
+
+def simulate(system, times, parameters, *, t0, y0, y0_mask, output_index, solver
+             ) -> RawSolution:
+    """``Backend.simulate`` on JAX: each stage of the solver policy (``kinabs._stages``)
+    is one compiled, vmapped solve of the members the stages before it failed."""
+    has_y0 = y0 is not None
+    parameters = np.asarray(parameters)
+    y0 = np.asarray(y0) if has_y0 else np.zeros((parameters.shape[0], len(system.states)))
+    oi = tuple(int(i) for i in output_index)
+    stages = solve_stages(solver, explicit_cap=AUTO_EXPLICIT_STEP_CAP)
+    with jax.enable_x64(True):
+        mask = jnp.asarray(y0_mask if has_y0 else np.zeros(len(system.states), bool))
+        shared = (mask, jnp.asarray(times), jnp.asarray(t0, dtype=jnp.float64))
+
+        def solve(stage: SolveStage, members: np.ndarray):
+            fn = _compiled(system, stage.method, solver, stage.max_steps, has_y0, oi)
+            return fn(jnp.asarray(parameters[members]), jnp.asarray(y0[members]), *shared)
+
+        ys, status, steps = run_stages(stages, parameters.shape[0], solve)
+    return RawSolution(ys=ys, status=status, steps=steps)
