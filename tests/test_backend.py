@@ -31,7 +31,21 @@ def test_missing_packages_name_the_install_command(monkeypatch):
         get_backend("ghost")
 
 
-def test_backend_protocol_is_implemented():
-    backend = get_backend("jax")
-    assert isinstance(backend, kinabs.Backend)
-    assert backend.name == "jax"
+def test_each_backend_implements_the_protocol(backend):
+    """Every installed backend: its name, its default optimiser and its Adam pass its own
+    check, other things do not, and each gives a training program of the contract."""
+    impl = get_backend(backend)
+    assert isinstance(impl, kinabs.Backend) and impl.name == backend
+    assert get_backend(backend) is impl  # one instance per backend
+    impl.check_optimizer(impl.default_optimizer())
+    impl.check_optimizer(impl.adam(1e-3))
+    for wrong in ("adam", 1e-3, None):
+        with pytest.raises(kinabs.BackendError, match=f"the {backend} backend needs"):
+            impl.check_optimizer(wrong)
+
+
+def test_an_explicit_backend_beats_the_environment_variable(monkeypatch, backend):
+    monkeypatch.setenv("KINABS_BACKEND", "jax" if backend == "torch" else "torch")
+    assert resolve_backend_name(backend) == backend
+    monkeypatch.setenv("KINABS_BACKEND", backend)
+    assert resolve_backend_name(None) == backend

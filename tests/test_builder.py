@@ -1,10 +1,9 @@
-"""kinabs.ModelBuilder: the models it builds, simulated against analytic solutions, and
-every error it raises."""
+"""kinabs.ModelBuilder: the models it builds, simulated on every backend against analytic
+solutions, and every error it raises."""
 
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import math
 
 import numpy as np
@@ -17,12 +16,11 @@ from kinabs._builder import parse_equation
 
 TOL = {"analytic": 1e-7}
 SOLVER = kinabs.SolverOptions(rtol=1e-10, atol=1e-12)
-needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                               reason="simulation needs the jax backend")
 
 
-def sim(model, times, outputs):
-    return kinabs.simulate(model, times, outputs=outputs, solver=SOLVER).values[0]
+def sim(model, times, outputs, backend):
+    return kinabs.simulate(model, times, outputs=outputs, solver=SOLVER,
+                           backend=backend).values[0]
 
 
 def decay(*, size=1.0, rate_units="concentration", k=0.7, a0=3.0):
@@ -112,27 +110,25 @@ def test_rule_targets_become_non_constant():
 
 
 # -- simulated ------------------------------------------------------------------------------
-@needs_jax
 @pytest.mark.parametrize("size", [1.0, 2.5])
-def test_mass_action_decay_in_concentration_units(size):
+def test_mass_action_decay_in_concentration_units(size, backend):
     t = np.linspace(0, 4, 9)
-    got = sim(decay(size=size), t, ["A", "B"])
+    got = sim(decay(size=size), t, ["A", "B"], backend)
     np.testing.assert_allclose(got[:, 0], 3.0 * np.exp(-0.7 * t), rtol=TOL["analytic"])
     np.testing.assert_allclose(got.sum(axis=1), 3.0, rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_substance_rate_divides_by_volume():
+def test_substance_rate_divides_by_volume(backend):
     t = np.linspace(0, 4, 9)
-    got = sim(decay(size=2.5, rate_units="substance"), t, ["A", kinabs.amount("A"), "r"])
+    got = sim(decay(size=2.5, rate_units="substance"), t, ["A", kinabs.amount("A"), "r"],
+              backend)
     a = 3.0 * np.exp(-0.7 * t / 2.5)
     np.testing.assert_allclose(got[:, 0], a, rtol=TOL["analytic"])
     np.testing.assert_allclose(got[:, 1], 2.5 * a, rtol=TOL["analytic"])
     np.testing.assert_allclose(got[:, 2], 0.7 * a, rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_transport_between_compartments_conserves_amount():
+def test_transport_between_compartments_conserves_amount(backend):
     v1, v2, k = 2.0, 0.5, 1.2
     b = kinabs.ModelBuilder()
     b.compartment("c1", size=v1)
@@ -141,14 +137,13 @@ def test_transport_between_compartments_conserves_amount():
     b.species("B", compartment="c2", initial_concentration=0.0)
     b.reaction("T", "A -> B", rate="k * A", parameters={"k": k}, compartment="c1")
     t = np.linspace(0, 3, 7)
-    got = sim(b.build(), t, ["A", "B"])
+    got = sim(b.build(), t, ["A", "B"], backend)
     a = np.exp(-k * t)  # concentration rate k*A per c1 volume
     np.testing.assert_allclose(got[:, 0], a, rtol=TOL["analytic"])
     np.testing.assert_allclose(got[:, 1], (1.0 - a) * v1 / v2, rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_time_dependent_boundary_species():
+def test_time_dependent_boundary_species(backend):
     b = kinabs.ModelBuilder()
     b.compartment("c", size=3.0)
     b.species("ext", boundary=True, expression=2.0 + sympy.sin(kinabs.TIME))
@@ -160,15 +155,14 @@ def test_time_dependent_boundary_species():
     model = b.build()
     assert model.assignment_rules["ext2"] == 1 + kinabs.TIME
     t = np.linspace(0, 5, 11)
-    got = sim(model, t, ["ext", "B", "D"])
+    got = sim(model, t, ["ext", "B", "D"], backend)
     np.testing.assert_allclose(got[:, 0], 2.0 + np.sin(t), rtol=1e-12)
     np.testing.assert_allclose(got[:, 1], 0.5 * (2 * t + 1 - np.cos(t)), rtol=TOL["analytic"],
                                atol=1e-10)
     np.testing.assert_allclose(got[:, 2], t + t**2 / 2, rtol=TOL["analytic"], atol=1e-10)
 
 
-@needs_jax
-def test_rules_and_initial_assignment():
+def test_rules_and_initial_assignment(backend):
     b = kinabs.ModelBuilder()
     b.compartment("c", size=1.0)
     b.parameter("a0", 4.0)
@@ -180,25 +174,23 @@ def test_rules_and_initial_assignment():
     b.assignment_rule("y", "3 * x")
     b.rate_rule("A", "-A")
     t = np.linspace(0, 2, 5)
-    got = sim(b.build(), t, ["A", "x", "y"])
+    got = sim(b.build(), t, ["A", "x", "y"], backend)
     np.testing.assert_allclose(got, np.stack([2 * np.exp(-t), np.exp(-t), 3 * np.exp(-t)], 1),
                                rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_only_substance_units_species_means_amount():
+def test_only_substance_units_species_means_amount(backend):
     b = kinabs.ModelBuilder()
     b.compartment("c", size=2.0)
     b.species("A", initial_amount=4.0, has_only_substance_units=True)
     b.reaction("r", "A ->", rate="k * A", parameters={"k": 0.5}, rate_units="substance")
     t = np.linspace(0, 2, 5)
-    got = sim(b.build(), t, [kinabs.amount("A"), kinabs.concentration("A")])
+    got = sim(b.build(), t, [kinabs.amount("A"), kinabs.concentration("A")], backend)
     np.testing.assert_allclose(got[:, 0], 4.0 * np.exp(-0.5 * t), rtol=TOL["analytic"])
     np.testing.assert_allclose(got[:, 1], 2.0 * np.exp(-0.5 * t), rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_sbml_round_trip_simulates_the_same():
+def test_sbml_round_trip_simulates_the_same(backend):
     b = kinabs.ModelBuilder("round_trip")
     b.compartment("c1", size=2.0)
     b.compartment("c2", size=0.5)
@@ -223,7 +215,8 @@ def test_sbml_round_trip_simulates_the_same():
     assert set(back.parameters) == set(model.parameters)
     t = np.linspace(0, 3, 7)
     out = ["A", "B", "ext", "total", "T", "up"]
-    np.testing.assert_allclose(sim(back, t, out), sim(model, t, out), rtol=1e-9)
+    np.testing.assert_allclose(sim(back, t, out, backend), sim(model, t, out, backend),
+                               rtol=1e-9)
 
 
 def test_docstring_examples():

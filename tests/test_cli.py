@@ -1,28 +1,49 @@
-"""The kinabs command: a short fit of the bundled example writes its files."""
+"""The kinabs command: a short fit of the bundled example writes its files (on every
+backend), a simulation is written as CSV, and errors are one line."""
 
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 
+import kinabs
+from kinabs._cli import main
 
-def test_fit_writes_tables_and_plots(tmp_path, monkeypatch):
+
+def test_fit_writes_tables_and_plots(tmp_path, monkeypatch, backend):
     monkeypatch.setenv("KINABS_JAX_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "fit"
     proc = subprocess.run(
         [sys.executable, "-m", "kinabs", "fit", "--n-iter", "4", "--inits", "2", "--seed", "1",
-         "--out", str(out)], capture_output=True, text=True, timeout=600)
+         "--backend", backend, "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "best fit" in proc.stdout
+    assert "best fit" in proc.stdout and f"iterations on {backend}" in proc.stdout
     for name in ("parameters.csv", "loss_history.csv", "summary.csv", "results.json",
                  "loss.png", "fit.png"):
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     losses = pd.read_csv(out / "loss_history.csv", index_col=0)
-    assert losses.shape == (2, 4)
+    assert losses.shape == (2, 4) and np.isfinite(losses.to_numpy()).all()
+    assert np.all(losses.iloc[:, -1] < losses.iloc[:, 0])
     info = json.loads((out / "results.json").read_text())
     assert info["status"] == ["ok", "ok"]
+    assert info["backend"] == backend
+
+
+def test_simulate_writes_the_simulation(tmp_path, backend, capsys):
+    out = tmp_path / "sim.csv"
+    path = str(kinabs.example_model_path())
+    assert main(["simulate", path, "--t-end", "5", "--points", "6", "--backend", backend,
+                 "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    got = pd.read_csv(out, index_col=0)
+    want = kinabs.simulate(kinabs.load_sbml(path), np.linspace(0, 5, 6),
+                           backend=backend).to_frame()
+    assert list(got.columns) == list(want.columns)
+    np.testing.assert_allclose(got.index, want.index)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-12)
 
 
 def test_errors_are_one_line_not_a_traceback(tmp_path):

@@ -143,3 +143,61 @@ def test_exponentiate_and_log_transform_are_base_2_inverses():
         assert back[k] == pytest.approx(lin[k], rel=1e-15)
     arr = kinabs.log_transform_parameters({"v": np.array([2.0, 4.0])})["v"]
     np.testing.assert_allclose(arr, [1.0, 2.0])
+
+
+# -- the same terms on the backends' arrays, with their gradients ---------------------------
+def _value_and_grad(backend, fn, pred):
+    """``fn(pred, xp)`` (a scalar) and its gradient in ``pred``, on ``backend``'s arrays in
+    float64."""
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        with jax.enable_x64(True):
+            value, grad = jax.value_and_grad(lambda p: fn(p, jnp))(jnp.asarray(pred))
+            return float(value), np.asarray(grad)
+    import array_api_compat.torch as xp
+    import torch
+
+    p = torch.tensor(pred, dtype=torch.float64, requires_grad=True)
+    value = fn(p, xp)
+    value.backward()
+    return float(value.detach()), p.grad.numpy()
+
+
+@pytest.mark.parametrize("terms", [mean_centered_terms, squared_error_terms])
+def test_terms_on_backend_arrays_match_numpy_and_their_gradient(backend, terms):
+    """The loss (sse / count) on the backend's arrays equals numpy's, and its gradient
+    equals central differences computed in numpy."""
+    mask = _mask(OBS)
+
+    def loss(pred, xp):
+        obs = xp.asarray(OBS)
+        sse, n = terms(pred, obs, xp.asarray(mask), xp)
+        return sse / n
+
+    value, grad = _value_and_grad(backend, loss, PRED)
+    sse, n = terms(PRED, OBS, mask, xp)
+    assert value == pytest.approx(float(sse) / float(n), rel=1e-14)
+    h, fd = 1e-6, np.zeros_like(PRED)
+    for idx in np.ndindex(PRED.shape):
+        up, down = PRED.copy(), PRED.copy()
+        up[idx] += h
+        down[idx] -= h
+        fd[idx] = (float(np.divide(*terms(up, OBS, mask, xp)))
+                   - float(np.divide(*terms(down, OBS, mask, xp)))) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-7, atol=1e-10)
+    assert np.all(grad[~mask] == 0.0)  # missing data: no gradient
+
+
+def test_the_default_loss_has_a_finite_gradient_with_an_unmeasured_species(backend):
+    obs = np.array([[1.0, NAN], [2.0, NAN], [3.0, NAN]])
+
+    def sse(pred, xp):
+        o = xp.asarray(obs)
+        return mean_centered_terms(pred, o, xp.isfinite(o), xp)[0]
+
+    _, grad = _value_and_grad(backend, sse, np.ones((3, 2)))
+    # d/dpred of sum(((pred - obs) / scale)^2), scale = mean(obs + 1) = 3 on the measured
+    # column; nothing on the other
+    np.testing.assert_allclose(grad, [[0.0, 0.0], [-2 / 9, 0.0], [-4 / 9, 0.0]], atol=1e-15)

@@ -1,9 +1,9 @@
-"""kinabs.ratelaws: each law against its textbook formula, and in simulated models."""
+"""kinabs.ratelaws: each law against its textbook formula, and in models simulated on every
+backend."""
 
 from __future__ import annotations
 
 import doctest
-import importlib.util
 
 import numpy as np
 import pytest
@@ -13,9 +13,6 @@ from scipy.special import lambertw
 
 import kinabs
 from kinabs import ratelaws as rl
-
-needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                               reason="simulation needs the jax backend")
 
 TOL = {"formula": 1e-12, "analytic": 1e-7, "reference": 1e-6}
 SOLVER = kinabs.SolverOptions(rtol=1e-10, atol=1e-12)
@@ -128,52 +125,51 @@ def _one_reaction(rate, *, s0=10.0, p0=0.0, equation="S -> P", size=1.0, **param
     return b.build()
 
 
-@needs_jax
-def test_michaelis_menten_matches_lambert_w_solution():
+def test_michaelis_menten_matches_lambert_w_solution(backend):
     vm, k, s0 = 2.0, 1.5, 10.0
     model = _one_reaction(rl.michaelis_menten("S", vmax="vmax", km="km"), s0=s0, vmax=vm,
                           km=k, size=0.5)
     t = np.linspace(0, 8, 17)
-    got = kinabs.simulate(model, t, outputs=["S", "P"], solver=SOLVER).values[0]
+    got = kinabs.simulate(model, t, outputs=["S", "P"], solver=SOLVER,
+                          backend=backend).values[0]
     exact = k * lambertw(s0 / k * np.exp((s0 - vm * t) / k)).real
     np.testing.assert_allclose(got[:, 0], exact, rtol=TOL["analytic"], atol=1e-10)
     np.testing.assert_allclose(got[:, 0] + got[:, 1], s0, rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_hill_matches_solve_ivp():
+def test_hill_matches_solve_ivp(backend):
     vm, kh, n = 1.5, 3.0, 3.2
     model = _one_reaction(rl.hill("S", vmax="vmax", k_half="K", n="n"), vmax=vm, K=kh, n=n)
     t = np.linspace(0, 10, 21)
-    got = kinabs.simulate(model, t, outputs=["S"], solver=SOLVER).values[0, :, 0]
+    got = kinabs.simulate(model, t, outputs=["S"], solver=SOLVER,
+                          backend=backend).values[0, :, 0]
     ref = solve_ivp(lambda _, y: [-vm * y[0] ** n / (kh**n + y[0] ** n)], (0, 10), [10.0],
                     t_eval=t, method="LSODA", rtol=1e-12, atol=1e-12).y[0]
     np.testing.assert_allclose(got, ref, rtol=TOL["reference"])
 
 
-@needs_jax
-def test_reversible_mass_action_relaxes_to_equilibrium():
+def test_reversible_mass_action_relaxes_to_equilibrium(backend):
     kf, kr, s0 = 2.0, 0.5, 4.0
     model = _one_reaction(rl.reversible_mass_action("kf", "kr", ["S"], ["P"]), s0=s0,
                           equation="S <-> P", kf=kf, kr=kr)
     assert model.reactions["v"].reversible
     t = np.linspace(0, 3, 13)
-    got = kinabs.simulate(model, t, outputs=["S"], solver=SOLVER).values[0, :, 0]
+    got = kinabs.simulate(model, t, outputs=["S"], solver=SOLVER,
+                          backend=backend).values[0, :, 0]
     s_eq = s0 * kr / (kf + kr)
     np.testing.assert_allclose(got, s_eq + (s0 - s_eq) * np.exp(-(kf + kr) * t),
                                rtol=TOL["analytic"])
 
 
-@needs_jax
-def test_reversible_michaelis_menten_reaches_keq():
+def test_reversible_michaelis_menten_reaches_keq(backend):
     law = rl.reversible_michaelis_menten("S", "P", vmax_f=3, km_s=0.5, km_p=2, keq=4)
     model = _one_reaction(law, s0=5.0, equation="S <-> P")
-    end = kinabs.simulate(model, [60.0], outputs=["S", "P"], solver=SOLVER).values[0, -1]
+    end = kinabs.simulate(model, [60.0], outputs=["S", "P"], solver=SOLVER,
+                          backend=backend).values[0, -1]
     np.testing.assert_allclose(end, [1.0, 4.0], rtol=1e-6)
 
 
-@needs_jax
-def test_inhibited_rate_in_a_model_matches_formula():
+def test_inhibited_rate_in_a_model_matches_formula(backend):
     law = rl.competitive_inhibition("S", "I", vmax="vmax", km="km", ki="ki")
     b = kinabs.ModelBuilder()
     b.compartment("c", size=2.0)
@@ -183,6 +179,6 @@ def test_inhibited_rate_in_a_model_matches_formula():
     b.reaction("v", "S -> P", rate=law, parameters={"vmax": vmax, "km": km, "ki": ki})
     model = b.build()
     assert model.reactions["v"].modifiers == ("I",)
-    rate = kinabs.simulate(model, [0.0], outputs=["v"]).values[0, 0, 0]
+    rate = kinabs.simulate(model, [0.0], outputs=["v"], backend=backend).values[0, 0, 0]
     # SBML rate = compartment size * concentration rate
     np.testing.assert_allclose(rate, 2.0 * vmax * S / (km * (1 + INH / ki) + S), rtol=1e-12)

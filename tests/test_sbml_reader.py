@@ -1,4 +1,5 @@
-"""The SBML reader: every SBML feature kinabs reads, checked against an analytic answer."""
+"""The SBML reader: every SBML feature kinabs reads, checked against an analytic answer on
+every backend."""
 
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ def times(*args: str) -> str:
     return f"<apply><times/>{''.join(args)}</apply>"
 
 
-def simulate(text: str, outputs, times_=TIMES):
+def simulate(text: str, outputs, backend: str, times_=TIMES):
     model = kinabs.read_sbml_string(text)
-    result = kinabs.simulate(model, times_, outputs=outputs, solver=SOLVER)
+    result = kinabs.simulate(model, times_, outputs=outputs, solver=SOLVER, backend=backend)
     return result.values[0]
 
 
@@ -88,20 +89,20 @@ DECAY = reaction("R", times(ci("k"), ci("S"), ci("c")), reactants="S")
 
 
 @pytest.mark.parametrize("attrs", ['initialAmount="4"', 'initialConcentration="2"'])
-def test_decay_from_amount_or_concentration(attrs):
+def test_decay_from_amount_or_concentration(attrs, backend):
     text = document(species=species("S", attrs), parameters=param("k", 0.5), reactions=DECAY)
-    got = simulate(text, ["S", kinabs.amount("S")])
+    got = simulate(text, ["S", kinabs.amount("S")], backend)
     np.testing.assert_allclose(got[:, 0], 2 * np.exp(-0.5 * TIMES), rtol=1e-7)
     np.testing.assert_allclose(got[:, 1], 4 * np.exp(-0.5 * TIMES), rtol=1e-7)
 
 
-def test_has_only_substance_units_species_is_an_amount_in_math():
+def test_has_only_substance_units_species_is_an_amount_in_math(backend):
     law = times(ci("k"), ci("S"))  # S is the amount here: no compartment factor
     text = document(species=species("S", 'initialAmount="4"', hosu="true"),
                     parameters=param("k", 0.5), reactions=reaction("R", law, reactants="S"))
     model = kinabs.read_sbml_string(text)
     assert model.species["S"].has_only_substance_units
-    got = simulate(text, [kinabs.amount("S"), kinabs.concentration("S")])
+    got = simulate(text, [kinabs.amount("S"), kinabs.concentration("S")], backend)
     np.testing.assert_allclose(got[:, 0], 4 * np.exp(-0.5 * TIMES), rtol=1e-7)
     np.testing.assert_allclose(got[:, 1], 2 * np.exp(-0.5 * TIMES), rtol=1e-7)
 
@@ -133,7 +134,7 @@ def test_elements_are_read_with_their_attributes():
 
 
 # -- parameters, stoichiometry, functions --------------------------------------------------
-def test_local_parameter_shadows_global():
+def test_local_parameter_shadows_global(backend):
     law = times(ci("k"), ci("S"), ci("c"))
     text = document(species=species("S"), parameters=param("k", 100.0),
                     reactions=reaction("R", law, "S", locals_='<localParameter id="k" '
@@ -141,11 +142,11 @@ def test_local_parameter_shadows_global():
     m = kinabs.read_sbml_string(text)
     assert m.parameters["R.k"].reaction == "R" and m.parameters["R.k"].local_id == "k"
     assert m.reactions["R"].rate.free_symbols == {sym("R.k"), sym("S"), sym("c")}
-    np.testing.assert_allclose(simulate(text, ["S"])[:, 0], 2 * np.exp(-0.5 * TIMES),
+    np.testing.assert_allclose(simulate(text, ["S"], backend)[:, 0], 2 * np.exp(-0.5 * TIMES),
                                rtol=1e-7)
 
 
-def test_l2_local_parameter_and_any_id():
+def test_l2_local_parameter_and_any_id(backend):
     # L2 kinetic-law <parameter>; ids may look like anything SBML allows, e.g. "time" or "_x".
     law = times(ci("time"), ci("_x"), ci("c"))
     r = reaction("R", law, "_x").replace(
@@ -158,42 +159,42 @@ def test_l2_local_parameter_and_any_id():
                     reactions=r, level=2, version=4)
     m = kinabs.read_sbml_string(text)
     assert "R.time" in m.parameters and sym("R.time") in m.reactions["R"].rate.free_symbols
-    np.testing.assert_allclose(simulate(text, ["_x"])[:, 0], 2 * np.exp(-0.5 * TIMES),
+    np.testing.assert_allclose(simulate(text, ["_x"], backend)[:, 0], 2 * np.exp(-0.5 * TIMES),
                                rtol=1e-7)
 
 
-def test_non_integer_stoichiometry():
+def test_non_integer_stoichiometry(backend):
     law = times(ci("k"), ci("A"), ci("c"))
     text = document(species=species("A") + species("B", 'initialConcentration="0"'),
                     parameters=param("k", 0.5), reactions=reaction("R", law, "A", "B:2.5"))
-    got = simulate(text, ["A", "B"])
+    got = simulate(text, ["A", "B"], backend)
     np.testing.assert_allclose(got[:, 1], 2.5 * (2 - got[:, 0]), rtol=1e-7)
     np.testing.assert_allclose(got[:, 0], 2 * np.exp(-0.5 * TIMES), rtol=1e-7)
 
 
-def test_l3_missing_stoichiometry_defaults_to_one_and_ref_ids_are_read():
+def test_l3_missing_stoichiometry_defaults_to_one_and_ref_ids_are_read(backend):
     r = reaction("R", times(ci("k"), ci("A"), ci("c")), "A", "B").replace(
         'species="B" stoichiometry="1"', 'species="B" id="sref"')
     text = document(species=species("A") + species("B", 'initialConcentration="0"'),
                     parameters=param("k", 0.5), reactions=r)
     m = kinabs.read_sbml_string(text)
     assert m.reactions["R"].products == (kinabs.SpeciesReference("B", 1.0, "sref"),)
-    got = simulate(text, ["A", "B"])
+    got = simulate(text, ["A", "B"], backend)
     np.testing.assert_allclose(got[:, 0] + got[:, 1], 2.0, rtol=1e-8)
 
 
-def test_stoichiometry_set_by_initial_assignment_on_a_reference_id():
+def test_stoichiometry_set_by_initial_assignment_on_a_reference_id(backend):
     r = reaction("R", times(ci("k"), ci("A"), ci("c")), "A", "B").replace(
         'species="B" stoichiometry="1"', 'species="B" id="sref"')
     text = document(species=species("A") + species("B", 'initialConcentration="0"'),
                     parameters=param("k", 0.5), reactions=r,
                     initial=f'<initialAssignment symbol="sref">{math("<cn>3</cn>")}'
                             "</initialAssignment>")
-    got = simulate(text, ["A", "B"])
+    got = simulate(text, ["A", "B"], backend)
     np.testing.assert_allclose(got[:, 1], 3 * (2 - got[:, 0]), rtol=1e-7)
 
 
-def test_nested_function_definitions_used_before_they_are_defined():
+def test_nested_function_definitions_used_before_they_are_defined(backend):
     f = ("<functionDefinition id=\"f\">" + math(
         "<lambda><bvar><ci>a</ci></bvar><bvar><ci>b</ci></bvar>"
         "<apply><ci>g</ci><apply><times/><ci>a</ci><ci>b</ci></apply></apply></lambda>")
@@ -206,17 +207,17 @@ def test_nested_function_definitions_used_before_they_are_defined():
                     reactions=reaction("R", law, "S"))
     m = kinabs.read_sbml_string(text)
     assert m.reactions["R"].rate == sympy.Float(0.5) * sym("k") * sym("S") * sym("c")
-    np.testing.assert_allclose(simulate(text, ["S"])[:, 0], 2 * np.exp(-0.5 * TIMES),
+    np.testing.assert_allclose(simulate(text, ["S"], backend)[:, 0], 2 * np.exp(-0.5 * TIMES),
                                rtol=1e-7)
 
 
 # -- rules and initial assignments -----------------------------------------------------------
-def test_assignment_rules_in_reverse_dependency_order():
+def test_assignment_rules_in_reverse_dependency_order(backend):
     rules = (f'<assignmentRule variable="y">{math(times("<cn>2</cn>", ci("z")))}</assignmentRule>'
              f'<assignmentRule variable="z">{math(times("<cn>3</cn>", ci("p")))}</assignmentRule>')
     text = document(parameters=param("p", 1.5) + param("y", None, False)
                     + param("z", None, False), rules=rules)
-    np.testing.assert_allclose(simulate(text, ["y", "z"])[0], [9.0, 4.5])
+    np.testing.assert_allclose(simulate(text, ["y", "z"], backend)[0], [9.0, 4.5])
 
 
 def csymbol(name: str) -> str:
@@ -224,7 +225,7 @@ def csymbol(name: str) -> str:
     return f'<csymbol encoding="text" definitionURL="{url}">{name}</csymbol>'
 
 
-def test_initial_assignments_in_reverse_order_and_csymbols():
+def test_initial_assignments_in_reverse_order_and_csymbols(backend):
     initial = (f'<initialAssignment symbol="a">{math(times("<cn>2</cn>", ci("b")))}'
                "</initialAssignment>"
                f'<initialAssignment symbol="b">{math(csymbol("avogadro"))}'
@@ -235,12 +236,12 @@ def test_initial_assignments_in_reverse_order_and_csymbols():
                     initial=initial, rules=rules)
     m = kinabs.read_sbml_string(text)
     assert m.assignment_rules["y"] == 2.0 * TIME
-    got = simulate(text, ["a", "b", "y"])
+    got = simulate(text, ["a", "b", "y"], backend)
     np.testing.assert_allclose(got[:, 0], 2 * AVOGADRO)
     np.testing.assert_allclose(got[:, 2], 2 * TIMES)
 
 
-def test_rate_rules_on_a_parameter_and_a_compartment_dilute_species():
+def test_rate_rules_on_a_parameter_and_a_compartment_dilute_species(backend):
     rules = (f'<rateRule variable="p">{math("<cn>2</cn>")}</rateRule>'
              f'<rateRule variable="V">{math("<cn>1</cn>")}</rateRule>')
     # S is changed by a reaction (of rate 0), so its amount is conserved while V grows.
@@ -248,24 +249,24 @@ def test_rate_rules_on_a_parameter_and_a_compartment_dilute_species():
                     species=species("S", 'initialConcentration="1"', compartment="V"),
                     parameters=param("p", 1.0, constant=False),
                     reactions=reaction("R", "<cn>0</cn>", "S"), rules=rules)
-    got = simulate(text, ["p", "V", "S", kinabs.amount("S")])
+    got = simulate(text, ["p", "V", "S", kinabs.amount("S")], backend)
     np.testing.assert_allclose(got[:, 0], 1 + 2 * TIMES, rtol=1e-8)
     np.testing.assert_allclose(got[:, 1], 1 + TIMES, rtol=1e-8)
     np.testing.assert_allclose(got[:, 2], 1 / (1 + TIMES), rtol=1e-7)
     np.testing.assert_allclose(got[:, 3], 1.0, rtol=1e-8)
 
 
-def test_piecewise_in_a_rate_rule():
+def test_piecewise_in_a_rate_rule(backend):
     t = csymbol("time")
     pw = (f"<piecewise><piece><cn>1</cn><apply><lt/>{t}<cn>1</cn></apply></piece>"
           "<otherwise><cn>0</cn></otherwise></piecewise>")
     text = document(parameters=param("p", 0.0, constant=False),
                     rules=f'<rateRule variable="p">{math(pw)}</rateRule>')
-    got = simulate(text, ["p"], np.array([0.0, 0.5, 2.0, 3.0]))
+    got = simulate(text, ["p"], backend, np.array([0.0, 0.5, 2.0, 3.0]))
     np.testing.assert_allclose(got[:, 0], [0.0, 0.5, 1.0, 1.0], atol=1e-6)
 
 
-def test_species_conversion_factor_and_model_conversion_factor():
+def test_species_conversion_factor_and_model_conversion_factor(backend):
     law = times(ci("k"), ci("S"), ci("c"))
     sp = species("S").replace("/>", ' conversionFactor="cf"/>')
     text = document(species=sp + species("P", 'initialConcentration="0"'),
@@ -274,11 +275,11 @@ def test_species_conversion_factor_and_model_conversion_factor():
     text = text.replace('<model id="m">', '<model id="m" conversionFactor="mcf">')
     m = kinabs.read_sbml_string(text)
     assert m.conversion_factor == "mcf" and m.species["S"].conversion_factor == "cf"
-    got = simulate(text, ["S", "P"])
+    got = simulate(text, ["S", "P"], backend)
     np.testing.assert_allclose(got[:, 0], 2 * np.exp(-1.0 * TIMES), rtol=1e-7)
 
 
-def test_l2_stoichiometry_math_becomes_a_rule_on_the_reference():
+def test_l2_stoichiometry_math_becomes_a_rule_on_the_reference(backend):
     r = reaction("R", times(ci("k"), ci("A"), ci("c")), "A", "B").replace(
         '<speciesReference species="B" stoichiometry="1" constant="true"/>',
         f'<speciesReference species="B"><stoichiometryMath>{math("<cn>3</cn>")}'
@@ -291,7 +292,7 @@ def test_l2_stoichiometry_math_becomes_a_rule_on_the_reference():
     m = kinabs.read_sbml_string(text)
     (ref,) = m.reactions["R"].products
     assert float(m.assignment_rules[ref.id]) == 3.0
-    got = simulate(text, ["A", "B"])
+    got = simulate(text, ["A", "B"], backend)
     np.testing.assert_allclose(got[:, 1], 3 * (2 - got[:, 0]), rtol=1e-7)
 
 
@@ -326,7 +327,7 @@ def test_sbml_test_suite_cases_load(case):
 
 @pytest.mark.skipif(not SUITE.is_dir(), reason="SBML test suite not available")
 @pytest.mark.parametrize("case", ["00001", "00025", "00027"])
-def test_sbml_test_suite_results(case):
+def test_sbml_test_suite_results(case, backend):
     import pandas as pd
 
     settings = dict(line.split(":", 1) for line in
@@ -338,7 +339,7 @@ def test_sbml_test_suite_results(case):
     model = kinabs.load_sbml(SUITE / case / f"{case}-sbml-l3v2.xml")
     outputs = [kinabs.amount(n) if n in amounts else n for n in names]
     got = kinabs.simulate(model, expected["time"].to_numpy(), outputs=outputs,
-                          solver=SOLVER).values[0]
+                          solver=SOLVER, backend=backend).values[0]
     np.testing.assert_allclose(got, expected[names].to_numpy(),
                                rtol=float(settings["relative"]),
                                atol=float(settings["absolute"]))

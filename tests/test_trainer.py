@@ -1,13 +1,17 @@
-"""The Trainer on JAX: the seed's workflow on the bundled serine model, rounds, options,
-custom losses, failures, thresholds and results.
+"""The Trainer, written once for every backend (the ``backend`` fixture): the seed's
+workflow on the bundled serine model, rounds and resumption, the training-program
+contract, options, custom losses, failed starts, loss thresholds, results, and the
+errors that come before any compilation. Then the two backends against each other.
 
-Compiling a training program costs seconds, so the tests share a few trainers (module
-fixtures) and reuse their programs: a trainer keeps its program across ``train()`` calls
-and ``n_iter`` changes, and a fresh trainer with the default settings loads the program
-from the session's disk cache (KINABS_JAX_CACHE, a temporary folder here). Programs
-compiled here: the seed workflow (default settings, N=3), its gradient, two experiments
-with missing values and a loss threshold, linear space with Adam, a custom loss, and a
-solver with few steps.
+Tests that hold for one backend only live in tests/test_jax_trainer.py (compiled-program
+reuse, solver fallbacks inside the JAX program, optax specifics) and
+tests/test_torch_trainer.py (torch.optim factories, ClipUpdates, per-start optimiser state).
+
+Costs: on JAX a training program compiles in seconds, so the tests share a few trainers
+(module fixtures, one per backend) and reuse their programs and batch sizes (a trainer
+keeps its program across ``train()`` calls and ``n_iter`` changes; a fresh trainer with
+the default settings loads the program from the session's disk cache, KINABS_JAX_CACHE).
+On torch an iteration on the serine model costs ~0.1 s, so the fits are short.
 """
 
 from __future__ import annotations
@@ -15,37 +19,34 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from array_api_compat import array_namespace
 
-jax = pytest.importorskip("jax")
-optax = pytest.importorskip("optax")
-pytest.importorskip("diffrax")
-
-import jax.numpy as jnp  # noqa: E402
-
-import kinabs  # noqa: E402
-from kinabs import BackendError, DataError  # noqa: E402
-from kinabs._problem import CustomLoss  # noqa: E402
+import kinabs
+from kinabs import BackendError, DataError
+from kinabs._problem import CustomLoss
+from tests._training import (
+    QUICK,
+    SEED,
+    SOLVER,
+    mean_centred,
+    refuse_training_programs,
+    seed_trainer,
+    simulate_experiment,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
-SEED = 11
 SPECIES = ["php", "pser"]
-SOLVER = kinabs.SolverOptions(max_steps=20_000)  # the Trainer's default solver
-# Explicit only, for tests that are not about the solver.
-EXPLICIT = kinabs.SolverOptions(method="nonstiff", max_steps=20_000)
 
 
-def _seed_trainer(model, n_iter=30, **kwargs):
-    """The tutorial: base parameters all ones, bounds 1/10 and 10, three starts."""
-    trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=n_iter,
-                             progress=False, **kwargs)
-    trainer.latinhypercube_sampling({p: 1.0 for p in trainer.parameters}, lower_bound=1 / 10,
-                                    upper_bound=10, N=3, seed=SEED)
-    return trainer
+@pytest.fixture
+def no_compile(monkeypatch, backend):
+    """Fail the test if a training program starts to be built."""
+    refuse_training_programs(monkeypatch, backend)
 
 
 @pytest.fixture(scope="module")
-def trainer(model):
-    return _seed_trainer(model)
+def trainer(model, backend):
+    return seed_trainer(model, backend)
 
 
 @pytest.fixture(scope="module")
@@ -63,59 +64,48 @@ def round2(trainer, round1):
         trainer.n_iter = 30
 
 
-@pytest.fixture
-def no_compile(monkeypatch):
-    """Fail the test if a training program starts to be built."""
-    from kinabs.backends.jax import _train
-
-    def refuse(self):
-        raise AssertionError("a training program was built; the error should come first")
-
-    monkeypatch.setattr(_train.JaxTrainingProgram, "_make_loss", refuse)
-
-
-def _simulate(model, params: pd.DataFrame, experiment):
-    """Each row of ``params`` simulated at an experiment's times from its initial values."""
-    sim = kinabs.simulate(model, experiment.times, parameters=params, initial=experiment.initial,
-                          t0=float(experiment.times[0]), outputs=list(experiment.species),
-                          solver=SOLVER)
-    assert sim.ok
-    return sim.values  # (rows, times, species)
-
-
-def _mean_centered(pred, obs):
-    """sse and count of the default log-space loss for one experiment (numpy)."""
-    mask = np.isfinite(obs)
-    obs0 = np.where(mask, obs, 0.0)
-    scale = (mask * (obs0 + 1.0)).sum(0) / mask.sum(0)
-    resid = np.where(mask, (pred - obs0) / scale, 0.0)
-    return (resid**2).sum(), mask.sum()
+@pytest.fixture(scope="module")
+def theta3(round1):
+    """The three starts in log space: every value_and_grad call on the seed program has
+    three rows, so that JAX compiles it once."""
+    return np.log2(round1.initial_parameters.to_numpy())
 
 
 def tutorial_loss(params, ts, ys, model, to_include):
-    """The tutorial's custom loss: log-space parameters exponentiated (base 2), NaNs masked,
-    species scaled by their mean, only the species in ``to_include`` kept."""
+    """The tutorial's custom loss (written with the array API, so that one function serves
+    JAX and torch): log-space parameters exponentiated (base 2), NaNs masked, species
+    scaled by their mean, only the species in ``to_include`` kept."""
+    xp = array_namespace(ys)
     params = kinabs.exponentiate_parameters(params)
-    mask = ~jnp.isnan(jnp.array(ys))
-    ys = jnp.atleast_2d(ys)
+    mask = ~xp.isnan(ys)
     y0 = ys[0, :]
     y_pred = model(ts, y0, params)
-    ys = jnp.where(mask, ys, 0)
-    ys += 1
-    y_pred += 1
-    scale = jnp.mean(ys, axis=0)
-    ys /= scale
-    y_pred /= scale
-    y_pred = jnp.where(mask, y_pred, 0)
+    ys = xp.where(mask, ys, 0.0) + 1
+    y_pred = y_pred + 1
+    scale = xp.mean(ys, axis=0)
+    ys = ys / scale
+    y_pred = xp.where(mask, y_pred / scale, 0.0)
     ys = ys[:, to_include]
     y_pred = y_pred[:, to_include]
-    non_nan_count = jnp.sum(mask)
-    return jnp.sum((y_pred - ys) ** 2) / non_nan_count
+    return xp.sum((y_pred - ys) ** 2) / xp.sum(mask)
+
+
+def mean_centred_loss(params, ts, ys, model, weight):
+    """The default log-space loss written as a custom loss, times ``weight``."""
+    xp = array_namespace(ys)
+    pred = model(ts, ys[0, :], kinabs.exponentiate_parameters(params))
+    mask = ~xp.isnan(ys)
+    obs = xp.where(mask, ys, 0.0)
+    count = xp.sum(xp.where(mask, 1.0, 0.0), axis=0)
+    scale = xp.sum(xp.where(mask, obs + 1.0, 0.0), axis=0) / count
+    resid = xp.where(mask, (pred - obs) / scale, 0.0)
+    return weight * xp.sum(resid**2) / xp.sum(count)
 
 
 # -- the seed's workflow -------------------------------------------------------------------
-def test_tutorial_workflow_shapes_and_types(model, trainer, round1):
+def test_tutorial_workflow_shapes_and_types(model, backend, trainer, round1):
     assert trainer.parameters == list(kinabs.lower(model).kinetic_parameters)
+    assert trainer.backend_name == backend
     sets = trainer.parameter_sets
     assert sets.shape == (3, 10) and list(sets.columns) == trainer.parameters
     assert ((sets >= 0.1) & (sets <= 10)).all().all()
@@ -130,9 +120,9 @@ def test_tutorial_workflow_shapes_and_types(model, trainer, round1):
     assert np.isfinite(loss_per_iteration).all()
     assert round1.status == ["ok"] * 3
     np.testing.assert_array_equal(round1.initial_parameters.to_numpy(), sets.to_numpy())
-    assert round1.meta["n_iter"] == 30 and round1.meta["backend"] == "jax"
+    assert round1.meta["n_iter"] == 30 and round1.meta["backend"] == backend
     assert round1.meta["optim_space"] == "log"
-    assert trainer.results is not None
+    assert trainer.results is round1
 
 
 def test_latinhypercube_sampling_is_seeded(trainer):
@@ -153,13 +143,13 @@ def test_latinhypercube_sampling_is_seeded(trainer):
         trainer.parameter_sets = keep
 
 
-def test_default_loss_is_the_mean_centred_loss(model, trainer, round1):
+def test_default_loss_is_the_mean_centred_loss(model, backend, trainer, round1):
     """The first recorded loss of each start is the mean-centred loss at its start,
-    computed here from kinabs.simulate."""
+    computed here from kinabs.simulate on the same backend."""
     (e,) = trainer.data.experiments
-    pred = _simulate(model, round1.initial_parameters, e)
+    pred = simulate_experiment(model, round1.initial_parameters, e, backend)
     for i in range(3):
-        sse, n = _mean_centered(pred[i], e.values)
+        sse, n = mean_centred(pred[i], e.values)
         assert round1.loss_history[i, 0] == pytest.approx(sse / n, rel=1e-6)
 
 
@@ -194,6 +184,19 @@ def test_resume_equals_one_long_run(trainer, round1, round2):
                                rtol=1e-12)
 
 
+def test_a_result_resumes_more_than_once(trainer, round1, round2):
+    """Resuming does not change the state kept in the results it resumes from."""
+    trainer.n_iter = 2
+    try:
+        a = trainer.train(resume=round1)
+        b = trainer.train(resume=round1)
+    finally:
+        trainer.n_iter = 30
+    np.testing.assert_array_equal(a.loss_history, b.loss_history)
+    np.testing.assert_array_equal(a.parameters.to_numpy(), b.parameters.to_numpy())
+    np.testing.assert_allclose(a.loss_history, round2.loss_history[:, :32], rtol=1e-12)
+
+
 def test_optimized_parameters_round_trip_as_parameter_sets(trainer, round1):
     keep = trainer.parameter_sets
     optimized_parameters, _ = round1
@@ -221,6 +224,16 @@ def test_resume_from_results_loaded_from_disk(trainer, round1, tmp_path):
     np.testing.assert_allclose(more.loss_history[:, 30], round1.final_loss, rtol=1e-10)
 
 
+def test_progress_bar(trainer, round1, capsys):
+    trainer.progress, trainer.n_iter = True, 2
+    try:
+        trainer.train(resume=round1)
+    finally:
+        trainer.progress, trainer.n_iter = False, 30
+    err = capsys.readouterr().err
+    assert "training" in err and "2/2" in err and "best_loss" in err
+
+
 def test_summary_save_load(round2, tmp_path):
     s = round2.summary()
     assert list(s["final_loss"]) == sorted(round2.final_loss)
@@ -233,6 +246,7 @@ def test_summary_save_load(round2, tmp_path):
     np.testing.assert_array_equal(back.final_loss, round2.final_loss)
     assert back.status == round2.status
     assert back.meta["model"] == round2.meta["model"]
+    assert back.meta["backend"] == round2.meta["backend"]
     assert back.meta["model_fingerprint"] == round2.meta["model_fingerprint"]
 
 
@@ -257,51 +271,77 @@ def test_plots_write_png(model, round2, tmp_path):
     plt.close(fig)
 
 
-def test_gradient_matches_finite_differences(trainer, round1):
+# -- the training program's contract -------------------------------------------------------
+def test_value_and_grad_matches_the_training_losses(trainer, round1, theta3):
+    loss, status, grad = trainer._get_program().value_and_grad(theta3)
+    np.testing.assert_allclose(loss, round1.loss_history[:, 0], rtol=1e-12)
+    np.testing.assert_array_equal(status, 0)
+    assert grad.shape == (3, 10) and np.all(np.isfinite(grad))
+
+
+def test_gradient_matches_finite_differences(trainer, theta3):
+    """Central differences of the program's own loss (three rows per call: the start and
+    its two neighbours along one parameter)."""
     program = trainer._get_program()
-    theta0 = np.log2(round1.initial_parameters.to_numpy()[0])
-    with jax.enable_x64(True):
-        vg = jax.jit(jax.value_and_grad(lambda th: program._loss_one(th)[0]))
-        value, grad = vg(jnp.asarray(theta0))
-        grad = np.asarray(grad)
-        h = 1e-3
-        fd = np.empty_like(theta0)
-        for i in range(theta0.size):
-            step = np.zeros_like(theta0)
-            step[i] = h
-            fd[i] = (float(vg(jnp.asarray(theta0 + step))[0])
-                     - float(vg(jnp.asarray(theta0 - step))[0])) / (2 * h)
-    assert float(value) == pytest.approx(round1.loss_history[0, 0], rel=1e-12)
-    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+    theta0, h = theta3[0], 1e-3
+    _, _, grad = program.value_and_grad(theta3)
+    grad = grad[0]
+    fd = np.empty_like(theta0)
+    for i in range(theta0.size):
+        step = np.zeros_like(theta0)
+        step[i] = h
+        loss, status, _ = program.value_and_grad(np.stack([theta0 + step, theta0 - step,
+                                                           theta0]))
+        np.testing.assert_array_equal(status, 0)
+        fd[i] = (loss[0] - loss[1]) / (2 * h)
+    assert np.abs(grad).max() > 0
     np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-4 * np.abs(grad).max())
 
 
-@pytest.mark.slow
-def test_program_loss_matches_training_losses(trainer, round1):
+def test_program_init_theta_status_and_final_loss(trainer, round1, theta3):
     program = trainer._get_program()
-    loss, status = program.loss(np.log2(round1.initial_parameters.to_numpy()))
-    np.testing.assert_allclose(loss, round1.loss_history[:, 0], rtol=1e-12)
-    np.testing.assert_array_equal(status, 0)
+    state = program.init(theta3)
+    np.testing.assert_allclose(program.theta(state), theta3, rtol=1e-15)
+    np.testing.assert_array_equal(program.status(state), 0)
+    np.testing.assert_array_equal(program.stopped(state), False)
+    np.testing.assert_allclose(program.final_loss(state), round1.loss_history[:, 0],
+                               rtol=1e-12)
+    # the state kept in a result: its parameters and losses are the result's
+    np.testing.assert_allclose(program.theta(round1._state),
+                               np.log2(round1.parameters.to_numpy()), rtol=1e-12)
+    np.testing.assert_allclose(program.final_loss(round1._state), round1.final_loss,
+                               rtol=1e-12)
+
+
+def test_reset_gives_a_member_fresh_optimiser_state(trainer, theta3):
+    program = trainer._get_program()
+    state, first = program.run(program.init(theta3), 2)
+    state = program.reset(state, np.array([True, False, False]), theta3)
+    state, again = program.run(state, 2)
+    np.testing.assert_allclose(again[0], first[0], rtol=1e-12)  # member 0 starts over
+    assert np.all(again[1:, 0] < first[1:, -1])  # the others go on
+    np.testing.assert_allclose(program.theta(state)[0], program.theta(
+        program.run(program.init(theta3), 2)[0])[0], rtol=1e-12)
 
 
 # -- two experiments, missing values, a loss threshold -----------------------------------
 @pytest.fixture(scope="module")
-def two_experiments(model):
+def two_experiments(model, backend):
     """Data simulated at the model's own parameters: experiment A (the model's start, times
     0..10) and B (another start at t=0.5, other times), with missing values, one of them in
     A's first row (so that pser starts from the model's value there)."""
     ta = np.linspace(0.0, 10.0, 8)
-    a = kinabs.simulate(model, ta, outputs=SPECIES, solver=SOLVER).to_frame()
+    a = kinabs.simulate(model, ta, outputs=SPECIES, solver=SOLVER, backend=backend).to_frame()
     tb = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
     b = kinabs.simulate(model, tb, initial={"php": 0.3, "pser": 0.2}, t0=0.5,
-                        outputs=SPECIES, solver=SOLVER).to_frame()
+                        outputs=SPECIES, solver=SOLVER, backend=backend).to_frame()
     a.iloc[0, 1] = np.nan
     a.iloc[3, 0] = np.nan
     a.iloc[5, 1] = np.nan
     b.iloc[2, 0] = np.nan
     b.iloc[4, 1] = np.nan
     trainer = kinabs.Trainer(model=model, data=[a, b], n_iter=8, progress=False,
-                             loss_threshold=1e-12, solver=EXPLICIT)
+                             loss_threshold=1e-12, solver=QUICK[backend], backend=backend)
     truth = model.parameter_values()
     trainer.parameter_sets = pd.DataFrame([truth, {k: 1.5 * v for k, v in truth.items()}])
     return trainer, trainer.train()
@@ -329,13 +369,13 @@ def test_perfect_fit_scores_zero_with_missing_values(two_experiments):
     assert seed_total / count > 1e-2
 
 
-def test_two_experiments_pooled_loss(model, two_experiments):
+def test_two_experiments_pooled_loss(model, backend, two_experiments):
     """The loss pools both experiments, each simulated from its own start and times."""
     trainer, res = two_experiments
     start = res.initial_parameters.iloc[[1]]
     sse = n = 0.0
     for e in trainer.data.experiments:
-        s, c = _mean_centered(_simulate(model, start, e)[0], e.values)
+        s, c = mean_centred(simulate_experiment(model, start, e, backend)[0], e.values)
         sse, n = sse + s, n + c
     assert n == 5 * 2 + 8 * 2 - 5
     assert res.loss_history[1, 0] == pytest.approx(sse / n, rel=1e-6)
@@ -344,19 +384,21 @@ def test_two_experiments_pooled_loss(model, two_experiments):
 
 
 def test_loss_threshold_stops_a_start(two_experiments):
-    _, res = two_experiments
+    trainer, res = two_experiments
     assert np.isfinite(res.loss_history[0, 0])
     assert np.isnan(res.loss_history[0, 1:]).all()
     assert np.isfinite(res.loss_history[1]).all()
     assert list(res.summary().sort_index()["iterations"]) == [1, 8]
     assert res.best_index == 0
+    np.testing.assert_array_equal(trainer._get_program().stopped(res._state), [True, False])
 
 
-def test_stopped_perfect_start_keeps_its_parameters(model, two_experiments):
+def test_stopped_perfect_start_keeps_its_parameters(two_experiments):
     trainer, res = two_experiments
     np.testing.assert_allclose(res.parameters.iloc[0].to_numpy(),
                                res.initial_parameters.iloc[0].to_numpy(), rtol=1e-12)
     assert res.final_loss[0] < trainer.loss_threshold
+    assert res.status == ["ok", "ok"]
 
 
 def test_plot_fit_two_experiments(two_experiments, tmp_path):
@@ -370,16 +412,16 @@ def test_plot_fit_two_experiments(two_experiments, tmp_path):
 
 
 # -- linear space, another optimiser -------------------------------------------------------
-def test_linear_space_uses_mean_squared_error(model):
+def test_linear_space_uses_mean_squared_error(model, backend, adam):
     truth = model.parameter_values()
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=4,
-                             optim_space="linear", optimizer=optax.adam(1e-5), progress=False,
-                             solver=EXPLICIT)
+                             optim_space="linear", optimizer=adam(1e-5), progress=False,
+                             solver=QUICK[backend], backend=backend)
     trainer.parameter_sets = pd.DataFrame([{k: 1.2 * v for k, v in truth.items()},
                                            {k: 0.9 * v for k, v in truth.items()}])
     res = trainer.train()
     (e,) = trainer.data.experiments
-    pred = _simulate(model, res.initial_parameters, e)
+    pred = simulate_experiment(model, res.initial_parameters, e, backend)
     for i in range(2):
         mse = np.mean((pred[i] - e.values) ** 2)
         assert res.loss_history[i, 0] == pytest.approx(mse, rel=1e-6)
@@ -392,15 +434,15 @@ def test_linear_space_uses_mean_squared_error(model):
 
 
 # -- custom losses -------------------------------------------------------------------------
-def test_custom_loss_set_after_training_takes_effect(model, round1):
-    trainer = _seed_trainer(model, n_iter=3)  # the default program, from the disk cache
+def test_custom_loss_set_after_training_takes_effect(model, backend, round1):
+    trainer = seed_trainer(model, backend, n_iter=3)  # JAX: the default program, from disk
     first = trainer.train()
     np.testing.assert_allclose(first.loss_history, round1.loss_history[:, :3], rtol=1e-12)
     trainer._create_loss_func(tutorial_loss, to_include=[0])
     custom = trainer.train()
     assert custom._program is not first._program
     (e,) = trainer.data.experiments
-    pred = _simulate(model, custom.initial_parameters, e)
+    pred = simulate_experiment(model, custom.initial_parameters, e, backend)
     scale = (e.values + 1.0).mean(0)
     for i in range(3):
         want = np.sum(((pred[i, :, 0] - e.values[:, 0]) / scale[0]) ** 2) / e.values.size
@@ -413,55 +455,67 @@ def test_custom_loss_set_after_training_takes_effect(model, round1):
     np.testing.assert_allclose(again.loss_history, first.loss_history, rtol=1e-12)
 
 
-def test_custom_loss_through_the_constructor(model):
+def test_custom_loss_written_like_the_default_gives_its_loss_and_gradient(
+        model, backend, trainer, theta3):
+    """The default log-space loss rewritten as a custom loss (``model`` simulating from the
+    data's first row, a keyword argument scaling it): the same values and gradients."""
+    loss0, _, grad0 = trainer._get_program().value_and_grad(theta3)
+    custom = seed_trainer(model, backend, n_iter=1, loss=mean_centred_loss,
+                          loss_kwargs={"weight": 2.5})
+    loss, status, grad = custom._get_program().value_and_grad(theta3)
+    np.testing.assert_array_equal(status, 0)
+    np.testing.assert_allclose(loss, 2.5 * loss0, rtol=1e-10)
+    np.testing.assert_allclose(grad, 2.5 * grad0, rtol=1e-8, atol=1e-12)
+
+
+def test_custom_loss_through_the_constructor(model, backend, no_compile):
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), loss=tutorial_loss,
-                             loss_kwargs={"to_include": [0]}, progress=False)
+                             loss_kwargs={"to_include": [0]}, progress=False, backend=backend)
     assert trainer.loss == CustomLoss(tutorial_loss, {"to_include": [0]})
     assert trainer.loss.wants_model
-    other = kinabs.Trainer(model=model, data=kinabs.example_data_path(), progress=False)
+    other = kinabs.Trainer(model=model, data=kinabs.example_data_path(), progress=False,
+                           backend=backend)
     assert other.loss is None
     assert other._create_loss_func(tutorial_loss, to_include=[0]) == trainer.loss
 
 
-def test_custom_loss_must_return_a_scalar(model):
+def test_custom_loss_must_return_a_scalar(model, backend):
     def vector_loss(params, ts, ys):
-        return jnp.stack([params[k] for k in params])
+        return array_namespace(ys).stack([params[k] for k in params])
 
-    trainer = _seed_trainer(model, n_iter=1, loss=vector_loss)
-    with pytest.raises(BackendError, match="scalar"):
+    trainer = seed_trainer(model, backend, n_iter=1, loss=vector_loss)
+    with pytest.raises(BackendError, match="the custom loss must return a scalar"):
         trainer.train()
 
 
-@pytest.mark.usefixtures("no_compile")
-def test_custom_loss_signature_checked_before_compiling(model):
+def test_custom_loss_signature_checked_before_compiling(model, backend, no_compile):
+    data = kinabs.example_data_path()
     with pytest.raises(DataError, match="ys"):
-        kinabs.Trainer(model=model, data=kinabs.example_data_path(),
-                       loss=lambda params, ts: 0.0)
+        kinabs.Trainer(model=model, data=data, loss=lambda params, ts: 0.0, backend=backend)
     with pytest.raises(DataError, match="to_exclude"):
-        kinabs.Trainer(model=model, data=kinabs.example_data_path(), loss=tutorial_loss,
-                       loss_kwargs={"to_exclude": [0]})
+        kinabs.Trainer(model=model, data=data, loss=tutorial_loss,
+                       loss_kwargs={"to_exclude": [0]}, backend=backend)
     with pytest.raises(DataError, match="callable"):
-        kinabs.Trainer(model=model, data=kinabs.example_data_path(), loss="mse")
-    trainer = _seed_trainer(model)
+        kinabs.Trainer(model=model, data=data, loss="mse", backend=backend)
+    trainer = seed_trainer(model, backend)
     with pytest.raises(DataError, match="params"):
         trainer.loss = lambda p, ts, ys: 0.0
 
 
 # -- errors before any compilation ---------------------------------------------------------
-@pytest.mark.usefixtures("no_compile")
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
-def test_bad_n_iter(model, bad):
-    with pytest.raises(DataError, match="n_iter"):
-        kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=bad)
-    trainer = _seed_trainer(model)
-    with pytest.raises(DataError, match="n_iter"):
+def test_bad_n_iter(model, backend, no_compile, bad):
+    with pytest.raises(DataError, match="n_iter must be an integer >= 1"):
+        kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=bad,
+                       backend=backend)
+    trainer = seed_trainer(model, backend)
+    with pytest.raises(DataError, match="n_iter must be an integer >= 1"):
         trainer.n_iter = bad
     assert trainer.n_iter == 30
 
 
-@pytest.mark.usefixtures("no_compile")
-def test_unknown_names_and_bad_bounds(model):
-    trainer = _seed_trainer(model)
+def test_unknown_names_and_bad_bounds(model, backend, no_compile):
+    trainer = seed_trainer(model, backend)
     with pytest.raises(DataError, match="'k_unknown'"):
         trainer.latinhypercube_sampling({"k_unknown": 1.0}, lower_bound=0.1, upper_bound=10,
                                         N=2)
@@ -478,12 +532,12 @@ def test_unknown_names_and_bad_bounds(model):
     with pytest.raises(DataError, match="empty"):
         trainer.parameter_sets = pd.DataFrame({"PDH.kcatA": []})
     with pytest.raises(DataError, match="'nope'"):
-        kinabs.Trainer(model=model, data=kinabs.example_data_path(), parameters=["nope"])
+        kinabs.Trainer(model=model, data=kinabs.example_data_path(), parameters=["nope"],
+                       backend=backend)
 
 
-@pytest.mark.usefixtures("no_compile")
-def test_partial_parameter_sets_take_model_values(model):
-    trainer = _seed_trainer(model)
+def test_partial_parameter_sets_take_model_values(model, backend, no_compile):
+    trainer = seed_trainer(model, backend)
     trainer.parameter_sets = pd.DataFrame({"PDH.kcatA": [2.0, 3.0]})
     sets = trainer.parameter_sets
     assert list(sets.columns) == trainer.parameters
@@ -491,51 +545,103 @@ def test_partial_parameter_sets_take_model_values(model):
     assert (sets["PSP.KBser"] == 0.15).all()
 
 
-@pytest.mark.usefixtures("no_compile")
-def test_bad_options(model):
+def test_linear_space_takes_non_positive_starts(model, backend, no_compile):
+    trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), backend=backend,
+                             optim_space="linear", progress=False)
+    trainer.parameter_sets = pd.DataFrame({"PDH.kcatA": [0.0, -1.0]})
+    assert list(trainer.parameter_sets["PDH.kcatA"]) == [0.0, -1.0]
+    log = seed_trainer(model, backend)
+    with pytest.raises(DataError, match="optim_space='linear'"):
+        log.parameter_sets = pd.DataFrame({"PDH.kcatA": [0.0]})
+
+
+def test_bad_options(model, backend, no_compile):
     data = kinabs.example_data_path()
     with pytest.raises(DataError, match="optim_space"):
-        kinabs.Trainer(model=model, data=data, optim_space="exp")
+        kinabs.Trainer(model=model, data=data, optim_space="exp", backend=backend)
     with pytest.raises(DataError, match="loss_threshold"):
-        kinabs.Trainer(model=model, data=data, loss_threshold=0.0)
-    with pytest.raises(DataError, match="SolverOptions"):
-        kinabs.Trainer(model=model, data=data, solver={"rtol": 1e-6})
+        kinabs.Trainer(model=model, data=data, loss_threshold=0.0, backend=backend)
     with pytest.raises(DataError, match="'glucose'"):
-        kinabs.Trainer(model=model, data=pd.DataFrame({"glucose": [1.0, 2.0]}, index=[0., 1.]))
+        kinabs.Trainer(model=model, data=pd.DataFrame({"glucose": [1.0, 2.0]}, index=[0., 1.]),
+                       backend=backend)
     with pytest.raises(DataError, match="latinhypercube_sampling"):
-        kinabs.Trainer(model=model, data=data).train()
+        kinabs.Trainer(model=model, data=data, backend=backend).train()
 
 
-@pytest.mark.usefixtures("no_compile")
-def test_optimizer_must_be_optax(model):
-    data = kinabs.example_data_path()
-    with pytest.raises(BackendError, match="optax"):
-        kinabs.Trainer(model=model, data=data, optimizer="adam")
-    with pytest.raises(BackendError, match="optax"):
-        kinabs.Trainer(model=model, data=data, optimizer=optax.adam)  # the factory itself
-    trainer = _seed_trainer(model)
+@pytest.mark.parametrize("bad", ["stiff", {"rtol": 1e-6}])
+def test_a_solver_that_is_not_solver_options_reads_the_same_everywhere(model, backend, bad,
+                                                                       no_compile):
+    with pytest.raises(DataError, match="solver must be a kinabs.SolverOptions") as fit:
+        kinabs.Trainer(model=model, data=kinabs.example_data_path(), solver=bad,
+                       backend=backend)
+    with pytest.raises(DataError) as sim:
+        kinabs.simulate(model, [0.0, 1.0], solver=bad, backend=backend)
+    assert str(fit.value) == str(sim.value)
+
+
+def test_an_adjoint_that_is_not_adjoint_options_is_a_data_error(model, backend, no_compile):
+    with pytest.raises(DataError, match="adjoint must be a kinabs.AdjointOptions"):
+        kinabs.Trainer(model=model, data=kinabs.example_data_path(), adjoint="forward",
+                       backend=backend)
+
+
+def _foreign_solver(backend):
+    """A solver object of the other backend."""
+    if backend == "jax":
+        torch_backend = pytest.importorskip("kinabs.backends.torch")
+        return torch_backend.Rosenbrock()
+    return pytest.importorskip("diffrax").Kvaerno5()
+
+
+def test_a_solver_object_of_another_backend_is_a_backend_error_everywhere(model, backend):
+    solver = kinabs.SolverOptions(method=_foreign_solver(backend))
+    with pytest.raises(BackendError, match=f"the {backend} backend cannot use solver") as sim:
+        kinabs.simulate(model, [0.0, 1.0], solver=solver, backend=backend)
+    trainer = seed_trainer(model, backend, n_iter=1, solver=solver)
+    with pytest.raises(BackendError) as fit:
+        trainer.train()
+    assert str(fit.value) == str(sim.value)
+
+
+def test_a_name_is_not_an_optimizer(model, backend):
+    with pytest.raises(BackendError, match=f"the {backend} backend needs"):
+        kinabs.Trainer(model=model, data=kinabs.example_data_path(), optimizer="adam",
+                       backend=backend)
+    trainer = seed_trainer(model, backend)
     trainer.optimizer = "adam"
-    with pytest.raises(BackendError, match="optax"):
+    with pytest.raises(BackendError, match=f"the {backend} backend needs"):
         trainer.train()
 
 
-@pytest.mark.usefixtures("no_compile")
-def test_torch_optimizer_on_jax_is_refused(model):
-    torch = pytest.importorskip("torch")
-    with pytest.raises(BackendError, match="torch"):
-        kinabs.Trainer(model=model, data=kinabs.example_data_path(),
-                       optimizer=torch.optim.Adam)
+@pytest.mark.parametrize("kind", ["adam", "default"])
+def test_an_optimizer_of_the_other_backend_is_refused(model, backend, other_backend, kind,
+                                                      no_compile, request):
+    if (backend, kind) == ("jax", "adam"):
+        # get_backend("torch").adam() is a functools.partial of torch.optim.Adam, which the
+        # JAX check refuses without the hint; drop this mark once it names backend='torch'.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="no backend hint"))
+    other = kinabs.get_backend(other_backend)
+    optimizer = other.adam(1e-3) if kind == "adam" else other.default_optimizer()
+    with pytest.raises(BackendError, match=f"the {backend} backend needs") as err:
+        kinabs.Trainer(model=model, data=kinabs.example_data_path(), optimizer=optimizer,
+                       backend=backend)
+    assert f"use backend='{other_backend}'" in str(err.value)
 
 
 # -- failing starts ----------------------------------------------------------------------
+#: Few solver steps: starts around all-ones parameters need ~10-60 steps, the model's own
+#: parameters more than 100, so start 0 (the model's parameters) fails. On JAX the explicit
+#: solver ("auto" would redo that start with the implicit one); on torch "auto" (the
+#: Rosenbrock method, each start with its own step size, as under jax.vmap; torchdiffeq's
+#: explicit solvers share one step size across the batch).
+FAIL_SOLVER = {"jax": kinabs.SolverOptions(method="nonstiff", max_steps=100),
+               "torch": kinabs.SolverOptions(max_steps=100)}
+
+
 @pytest.fixture(scope="module")
-def failing(model):
-    """Few explicit solver steps: starts around all-ones parameters need ~10-30 Tsit5
-    steps, the model's own parameters ~270, so start 0 (the model's parameters) fails.
-    ("nonstiff": "auto" would redo that start with the implicit solver.)"""
+def failing(model, backend):
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=30,
-                             progress=False,
-                             solver=kinabs.SolverOptions(method="nonstiff", max_steps=100))
+                             progress=False, solver=FAIL_SOLVER[backend], backend=backend)
     trainer.latinhypercube_sampling({p: 1.0 for p in trainer.parameters}, lower_bound=0.5,
                                     upper_bound=2, N=3, seed=5)
     sets = trainer.parameter_sets.copy()
@@ -558,10 +664,15 @@ def test_failing_start_is_marked_and_others_train(failing):
     assert res.best_index in (1, 2)
     assert list(res.summary().index)[-1] == 0
     np.testing.assert_array_equal(res.restarts, [0, 0, 0])
+    np.testing.assert_array_equal(trainer._get_program().status(res._state), [1, 0, 0])
 
 
 def test_resample_failed_replaces_failed_starts(failing):
+    """The failed start is replaced after the first chunk by a new sample within the bounds
+    and trains for the rest of the round; the other starts do not notice."""
     trainer, plain = failing
+    chunk = trainer._get_program().chunk
+    assert chunk < trainer.n_iter
     trainer.resample_failed = True
     try:
         res = trainer.train()
@@ -569,107 +680,68 @@ def test_resample_failed_replaces_failed_starts(failing):
         trainer.resample_failed = False
     np.testing.assert_array_equal(res.restarts, [1, 0, 0])
     assert res.status == ["ok", "ok", "ok"]
-    # the failed start was replaced after the first chunk (25 iterations) by a new sample
-    # within the bounds, and trained for the rest of the round
-    assert np.isnan(res.loss_history[0, :25]).all()
-    assert np.isfinite(res.loss_history[0, 25:]).all()
+    assert np.isnan(res.loss_history[0, :chunk]).all()
+    assert np.isfinite(res.loss_history[0, chunk:]).all()
     new_start = res.initial_parameters.iloc[0].to_numpy()
     assert np.all((new_start >= 0.5) & (new_start <= 2.0))
-    # the other starts are untouched by the restart
-    np.testing.assert_array_equal(res.loss_history[1:], plain.loss_history[1:])
+    np.testing.assert_allclose(res.loss_history[1:], plain.loss_history[1:], rtol=1e-12)
     pd.testing.assert_frame_equal(res.initial_parameters.iloc[1:],
                                   plain.initial_parameters.iloc[1:])
     # the trainer's own starts are not changed
     assert trainer.parameter_sets.iloc[0]["PSP.KBser"] == 0.15
 
 
-# -- the default loss's gradient with a species that is never measured -------------------
-def test_mean_centred_gradient_with_an_unmeasured_species():
-    from kinabs._losses import mean_centered_terms
-
-    obs = np.array([[1.0, np.nan], [2.0, np.nan], [3.0, np.nan]])
-    with jax.enable_x64(True):
-        mask = jnp.isfinite(obs)
-        grad = jax.grad(lambda p: mean_centered_terms(p, jnp.asarray(obs), mask, jnp)[0])(
-            jnp.ones((3, 2)))
-    assert np.all(np.isfinite(np.asarray(grad)))
+# -- the backends against each other -------------------------------------------------------
+TIGHT = kinabs.SolverOptions(rtol=1e-12, atol=1e-14, max_steps=20_000)
+ADAM_LR = 1e-2
 
 
-@pytest.mark.slow
-def test_a_nan_gradient_of_the_explicit_solver_is_redone_implicitly():
-    """Isensee_JCB2018 at its own parameters: Tsit5 gives a finite loss but a NaN
-    gradient (rejected trial steps visit states where the vector field is NaN); the start
-    must go on with the implicit solver, not fail as it did."""
-    from tests._shared import SHARED
-
-    path = SHARED / "data/jaxkineticmodel/models/Isensee_JCB2018.xml"
-    if not path.is_file():
-        pytest.skip("shared models not found")
-    model = kinabs.load_sbml(path)
-    ts = np.linspace(0, 10, 50)
-    sim = kinabs.simulate(model, ts)
-    data = pd.DataFrame(sim.values[0], columns=sim.columns, index=pd.Index(ts, name="time"))
-    values = model.parameter_values()
-    names = [p for p in kinabs.Trainer(model=model, data=data, n_iter=1,
-                                       progress=False).parameters if values[p] > 0]
-    trainer = kinabs.Trainer(model=model, data=data, n_iter=3, progress=False,
-                             parameters=names)
-    trainer.parameter_sets = pd.DataFrame([{p: values[p] for p in names}])
-    results = trainer.train()
-    assert results.status == ["ok"]
-    # synthetic data from these very parameters: the loss is rounding-level
-    assert np.all(np.isfinite(results.loss_history)) and results.best_loss < 1e-12
+def _both_backends():
+    for name in ("jax", "torch"):
+        try:
+            kinabs.get_backend(name)
+        except BackendError:
+            pytest.skip(f"the {name} backend is not installed")
 
 
-def test_auto_goes_on_without_the_step_cap_where_the_implicit_solver_fails(model, monkeypatch):
-    """"auto" runs Tsit5 capped, then Kvaerno5, then Tsit5 with every step allowed
-    (Kvaerno5's chord iterations do not converge on Bachmann_MSB2011 at rtol 1e-12). Here
-    the cap is 5 steps (every explicit solve fails) and the implicit program is replaced by
-    one that always fails: every start must end on the third program, with exactly the
-    loss curves of plain Tsit5."""
-    import kinabs.backends.jax._train as jt
-
-    monkeypatch.setenv("KINABS_JAX_CACHE", "0")  # the patched programs must not be cached
-    monkeypatch.setattr(jt, "AUTO_TRAIN_EXPLICIT_STEPS", 5)
-    runs = {}
-    for method in ("auto", "nonstiff"):
-        trainer = _seed_trainer(model, n_iter=30,
-                                solver=kinabs.SolverOptions(method=method, max_steps=20_000))
-        program = trainer._get_program()
-        if method == "auto":
-            assert list(program._loss_fns) == ["main", "stiff", "long", "sensitivities"]
-            program._loss_fns["stiff"] = lambda theta, active: (jnp.inf, jnp.asarray(3))
-        runs[method] = trainer.train()
-    auto, plain = runs["auto"], runs["nonstiff"]
-    assert auto.status == plain.status == ["ok"] * 3
-    np.testing.assert_allclose(auto.loss_history, plain.loss_history, rtol=1e-12)
-    np.testing.assert_allclose(auto.parameters.to_numpy(), plain.parameters.to_numpy(),
-                               rtol=1e-12)
-
-
-def _nan_gradient(fn):
-    """``fn`` with the same value and a NaN reverse-mode gradient."""
-    @jax.custom_vjp
-    def poison(theta):
-        return theta
-
-    poison.defvjp(lambda theta: (theta, None), lambda _, g: (g * jnp.nan,))
-    return lambda theta, active: fn(poison(theta), active)
+@pytest.mark.parametrize("space", ["log", "linear"])
+def test_loss_and_gradient_agree_across_backends(model, space):
+    """At the true parameters and at three Latin hypercube sets. Tight tolerances: the
+    loss at the true parameters is ~1e-14, all of it rounding of the data and solver
+    error, so a relative 1e-6 needs solutions good to ~1e-14."""
+    _both_backends()
+    out = {}
+    for backend in ("jax", "torch"):
+        tr = kinabs.Trainer(model=model, data=kinabs.example_data_path(), backend=backend,
+                            optim_space=space, progress=False, solver=TIGHT)
+        lhs = tr.latinhypercube_sampling(model.parameter_values(), lower_bound=0.5,
+                                         upper_bound=2.0, N=3, seed=0).to_numpy()
+        values = model.parameter_values()
+        linear = np.vstack([[values[p] for p in tr.parameters], lhs])
+        theta = np.log2(linear) if space == "log" else linear
+        loss, status, grad = tr._get_program().value_and_grad(theta)
+        np.testing.assert_array_equal(status, 0)
+        out[backend] = loss, grad
+    (lj, gj), (lt, gt) = out["jax"], out["torch"]
+    assert lj[0] < 1e-12 and np.all(lj[1:] > 1e-5) and np.all(np.isfinite(gj))
+    np.testing.assert_allclose(lt, lj, rtol=1e-6)
+    for a, b in zip(gt, gj):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
-def test_a_nan_reverse_mode_gradient_goes_on_with_forward_sensitivities(model, monkeypatch):
-    """A finite loss whose reverse-mode gradient is NaN (backpropagation through a
-    rejected trial step whose vector field is NaN: Merkle 2016) goes on with forward-mode
-    sensitivities. Here the main program's gradient is made NaN: every start must follow
-    the loss curve of the unpatched run."""
-    monkeypatch.setenv("KINABS_JAX_CACHE", "0")  # the patched program must not be cached
-    runs = {}
-    for patched in (False, True):
-        trainer = _seed_trainer(model, n_iter=10, solver=kinabs.SolverOptions(method="stiff"))
-        program = trainer._get_program()
-        assert list(program._loss_fns) == ["main", "sensitivities"]
-        if patched:
-            program._loss_fns["main"] = _nan_gradient(program._loss_fns["main"])
-        runs[patched] = trainer.train()
-    assert runs[True].status == runs[False].status == ["ok"] * 3
-    np.testing.assert_allclose(runs[True].loss_history, runs[False].loss_history, rtol=1e-8)
+@pytest.mark.parametrize("optimizer", ["adam", pytest.param("default", marks=pytest.mark.slow)])
+def test_training_curves_agree_across_backends(model, optimizer):
+    """Ten iterations from the same starts: Adam (``Backend.adam``, the same on both), and
+    each backend's default (AdaBelief with updates clipped per start)."""
+    _both_backends()
+    res = {}
+    for backend in ("jax", "torch"):
+        opt = kinabs.get_backend(backend).adam(ADAM_LR) if optimizer == "adam" else None
+        res[backend] = seed_trainer(model, backend, n_iter=10, optimizer=opt).train()
+    j, t = res["jax"], res["torch"]
+    assert t.meta["backend"] == "torch" and t.status == j.status == ["ok"] * 3
+    assert np.isfinite(t.loss_history).all()
+    np.testing.assert_allclose(t.loss_history, j.loss_history, rtol=1e-4)
+    np.testing.assert_allclose(t.final_loss, j.final_loss, rtol=1e-4)
+    np.testing.assert_allclose(t.parameters.to_numpy(), j.parameters.to_numpy(), rtol=1e-5)
+    assert np.all(t.final_loss < t.loss_history[:, 0])
