@@ -265,6 +265,13 @@ def simulate(
         y0_rows.append(np.where(row_mask, y, np.nan))
         mask |= row_mask
         as_params.append({system.parameters[i]: v for i, v in zip(p_index, p_values)})
+    for i, row in enumerate(init_rows):
+        missing = [s for s in np.asarray(system.states)[mask] if s not in row]
+        if missing:
+            raise DataError(
+                f"initial row {i} gives no value for {missing}, which other rows set; give "
+                "every row the same species (the model's value where it should not change)."
+            )
     p = _parameter_matrix(system, parameters, as_params)
     b = p.shape[0]
     y0 = None

@@ -183,6 +183,8 @@ def test_auto_redoes_hard_solves_with_the_implicit_method(backend):
         (dict(times=[0.0, 1.0], species_units="moles"), "species_units"),
         (dict(times=[0.0, 1.0], on_failure="ignore"), "on_failure"),
         (dict(times=[0.0, 1.0], solver="stiff"), "solver must be a kinabs.SolverOptions"),
+        (dict(times=[0.0, 1.0], initial=[{"A": 1.0}, {"A": 4.0, "B": 1.0}]),
+         r"initial row 0 gives no value for \['B'\]"),
     ],
 )
 def test_bad_input_gets_one_clear_error(decay, backend, kwargs, match):

@@ -615,11 +615,7 @@ def test_a_name_is_not_an_optimizer(model, backend):
 
 @pytest.mark.parametrize("kind", ["adam", "default"])
 def test_an_optimizer_of_the_other_backend_is_refused(model, backend, other_backend, kind,
-                                                      no_compile, request):
-    if (backend, kind) == ("jax", "adam"):
-        # get_backend("torch").adam() is a functools.partial of torch.optim.Adam, which the
-        # JAX check refuses without the hint; drop this mark once it names backend='torch'.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="no backend hint"))
+                                                      no_compile):
     other = kinabs.get_backend(other_backend)
     optimizer = other.adam(1e-3) if kind == "adam" else other.default_optimizer()
     with pytest.raises(BackendError, match=f"the {backend} backend needs") as err:

@@ -40,6 +40,12 @@ def lowered(system):
     return fns
 
 
+def _name(method: Any) -> str:
+    """A solver as users wrote it: strings as themselves, objects by type (a torch
+    Rosenbrock's repr is kilobytes of tableau)."""
+    return repr(method) if isinstance(method, str) else type(method).__name__ + "(...)"
+
+
 def make_solver(method: Any) -> diffrax.AbstractSolver:
     """Map a SolverOptions.method to a diffrax solver."""
     if method == "stiff":
@@ -49,7 +55,7 @@ def make_solver(method: Any) -> diffrax.AbstractSolver:
     if isinstance(method, diffrax.AbstractSolver):
         return method
     raise BackendError(
-        f"the jax backend cannot use solver {method!r}: give 'auto', 'stiff', 'nonstiff' or a "
+        f"the jax backend cannot use solver {_name(method)}: give 'auto', 'stiff', 'nonstiff' or a "
         "diffrax solver instance (e.g. diffrax.Kvaerno5())."
     )
 

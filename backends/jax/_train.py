@@ -59,7 +59,8 @@ def check_optimizer(optimizer: Any) -> None:
     ``Backend.check_optimizer`` of JAX, and the guard of every training program)."""
     if not isinstance(optimizer, optax.GradientTransformation):
         hint = ""
-        if isinstance(optimizer, type) or "torch" in type(optimizer).__module__:
+        made_by = getattr(optimizer, "func", optimizer)  # a functools.partial's function
+        if isinstance(made_by, type) or "torch" in (getattr(made_by, "__module__", "") or ""):
             hint = " It looks like a torch optimizer: use backend='torch' for those."
         raise BackendError(
             "the jax backend needs an optax.GradientTransformation as optimizer, e.g. "

@@ -252,7 +252,7 @@ def simulate(system, times, parameters, *, t0, y0, y0_mask, output_index,
     fns = low.fns
     with torch.no_grad():
         p = torch.as_tensor(np.asarray(parameters, dtype=np.float64))
-        ts = torch.as_tensor(np.asarray(times, dtype=np.float64))
+        ts = torch.tensor(np.asarray(times, dtype=np.float64))  # a copy: may be read-only
         t0_t = torch.tensor(float(t0), dtype=torch.float64)
         y_init, k = fns.init(t0_t, p)
         if y0 is not None:
