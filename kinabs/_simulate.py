@@ -266,7 +266,7 @@ def simulate(
         mask |= row_mask
         as_params.append({system.parameters[i]: v for i, v in zip(p_index, p_values)})
     for i, row in enumerate(init_rows):
-        missing = [s for s in np.asarray(system.states)[mask] if s not in row]
+        missing = [s for s, m in zip(system.states, mask) if m and s not in row]
         if missing:
             raise DataError(
                 f"initial row {i} gives no value for {missing}, which other rows set; give "
