@@ -3,7 +3,6 @@ solutions, and every error it raises."""
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
@@ -217,13 +216,6 @@ def test_sbml_round_trip_simulates_the_same(backend):
     out = ["A", "B", "ext", "total", "T", "up"]
     np.testing.assert_allclose(sim(back, t, out, backend), sim(model, t, out, backend),
                                rtol=1e-9)
-
-
-def test_docstring_examples():
-    import kinabs._builder
-
-    failures, tried = doctest.testmod(kinabs._builder)
-    assert tried > 5 and failures == 0
 
 
 # -- errors ---------------------------------------------------------------------------------

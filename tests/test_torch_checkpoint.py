@@ -6,7 +6,6 @@ and the analytic one where there is one."""
 from __future__ import annotations
 
 import dataclasses
-import doctest
 
 import numpy as np
 import pytest
@@ -140,11 +139,6 @@ def test_checkpointed_gradient_with_a_failing_member(monkeypatch):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a[1:], b[1:], rtol=1e-10,
                                    atol=1e-13 * b[1:].abs().max().item())
-
-
-def test_module_example():
-    failures, tried = doctest.testmod(_checkpoint)
-    assert tried > 0 and failures == 0
 
 
 @pytest.mark.parametrize("model_name", ["ramp", "serine"])
