@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kinabs._lowering.ops import OPERATIONS, numpy_ops
-from kinabs._lowering.printer import Printer as _Printer
+from kinabs._lowering.printer import Printer
 from kinabs._model import Quotient, Rem
 
 
@@ -144,7 +144,7 @@ def _printable(e) -> bool:
 
 
 def _compile(expr, ops):
-    pr = _Printer()
+    pr = Printer()
     body = pr.p(expr)
     lines = ["def make(ops):", *[f"    {n} = {t}" for t, n in pr.consts.items()],
              "    def f(_y0, _y1):", f"        return {body}", "    return f"]

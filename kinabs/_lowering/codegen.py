@@ -45,9 +45,6 @@ from kinabs._lowering.printer import Printer, cse_block
 from kinabs._lowering.vectorize import MIN_GROUP, group_by_template, vector_block
 from kinabs._model import TIME
 
-# old names, kept until torch's step functions import the printer directly
-_Printer, _block = Printer, cse_block
-
 __all__ = ["generate", "Generated", "BoundFunctions", "time_breaks"]
 
 @dataclass(frozen=True)

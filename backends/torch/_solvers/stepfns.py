@@ -43,11 +43,11 @@ import sympy
 import torch
 
 from kinabs._errors import UnsupportedFeatureError
-from kinabs._lowering.codegen import MIN_GROUP, _block, _Printer
 from kinabs._lowering.jacobian import jacobian_entries
 from kinabs._lowering.powers import guard_powers
+from kinabs._lowering.printer import Printer, cse_block
 from kinabs._lowering.system import k_symbol, p_symbol, y_symbol
-from kinabs._lowering.vectorize import group_by_template
+from kinabs._lowering.vectorize import MIN_GROUP, group_by_template
 from kinabs._model import TIME
 from kinabs.backends.torch._ops import Columns, TorchOps
 
@@ -61,7 +61,7 @@ MAX_TERMS = 2_000
 SMALL_TERMS = 300
 
 
-class _StepPrinter(_Printer):
+class _StepPrinter(Printer):
     """The kinabs printer with fewer and cheaper torch calls: reciprocals as
     ``ops.recip`` (``Tensor.__rtruediv__`` is a Python function), negative terms
     subtracted and negative products negated (no multiplication by a Python -1.0),
@@ -238,11 +238,11 @@ def _source(h: _Hoisted) -> tuple[str, np.ndarray | None]:
     pr = _StepPrinter()
     ind = _IND
     body = ["    def prep(k):", f"{ind}k = ops.columns(k)"]
-    lines, outs = _block(pr, h.consts, ind, {"k": "k"})
+    lines, outs = cse_block(pr, h.consts, ind, {"k": "k"})
     body += lines
     body.append(f"{ind}return ops.stack([{', '.join(outs)}], like=k)")
 
-    lines, outs = _block(pr, h.rhs, ind, _ARRAYS)
+    lines, outs = cse_block(pr, h.rhs, ind, _ARRAYS)
     body += ["    def rhs(t, y, q):", *_HEAD, *lines, f"{ind}return {_stack(h.rhs, outs)}"]
 
     gather = None
@@ -256,18 +256,18 @@ def _source(h: _Hoisted) -> tuple[str, np.ndarray | None]:
             return [f"{ind}flat = {_stack(h.jac, j_out)}"]
         return [f"{ind}flat = ops.pad_last({_stack(h.jac, j_out)})[..., gather]"]
 
-    lines, outs = _block(pr, [*h.rhs, *h.jac], ind, _ARRAYS)
+    lines, outs = cse_block(pr, [*h.rhs, *h.jac], ind, _ARRAYS)
     f_out, j_out = outs[:n], outs[n:]
     body += ["    def rhs_jac(t, y, q):", *_HEAD, *lines,
              f"{ind}f = {_stack(h.rhs, f_out)}", *matrix(j_out),
              f"{ind}return f, flat.reshape(*y.shape, {n})"]
-    lines, j_out = _block(pr, h.jac, ind, _ARRAYS)
+    lines, j_out = cse_block(pr, h.jac, ind, _ARRAYS)
     body += ["    def jac(t, y, q):", *_HEAD, *lines, *matrix(j_out),
              f"{ind}return flat.reshape(*y.shape, {n})"]
 
     body.append("    def dfdt(t, y, q):")
     if h.dfdt:
-        lines, outs = _block(pr, h.dfdt, ind, _ARRAYS)
+        lines, outs = cse_block(pr, h.dfdt, ind, _ARRAYS)
         body += [*_HEAD, *lines, f"{ind}return ops.stack([{', '.join(outs)}], like=y.tensor)"]
     else:
         body.append(f"{ind}return None")
@@ -299,7 +299,7 @@ def _adjoint_source(h: _Hoisted) -> str:
             grads = [sympy.Integer(0) if v is None else _checked(sympy.diff(total, v))
                      for v in wrt]
             nonzero = [i for i, g in enumerate(grads) if g != 0]
-            lines, outs = _block(pr, [grads[i] for i in nonzero], ind, {**_ARRAYS, "k": "w"})
+            lines, outs = cse_block(pr, [grads[i] for i in nonzero], ind, {**_ARRAYS, "k": "w"})
             fn = f"{name}_{part}"
             names.append(fn)
             body += [f"    def {fn}(t, y, q, w):", *_HEAD, f"{ind}w = ops.columns(w)", *lines]
