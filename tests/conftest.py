@@ -1,15 +1,9 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules (the root conftest.py sets EQX_ON_ERROR and the
+per-session JAX cache folder for tests and doctests alike)."""
 
 import importlib.util
-import os
 
 import pytest
-
-# As kinabs.backends.jax does on import, but before any test module imports diffrax (and
-# so equinox): in equinox's default "raise" mode its runtime checks are host callbacks,
-# which neither jax.export nor JAX's persistent compilation cache can keep, so every
-# trainer would compile again instead of loading the session's cached programs.
-os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import kinabs
 from kinabs._backend import BACKENDS
@@ -50,15 +44,6 @@ def adam(backend):
     on JAX, torch.optim.Adam on torch), in the form ``kinabs.Trainer(optimizer=...)``
     takes."""
     return kinabs.get_backend(backend).adam
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _jax_cache(tmp_path_factory):
-    """Compiled and traced programs go to a per-session folder, never to ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KINABS_JAX_CACHE", str(tmp_path_factory.mktemp("kinabs_jax_cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="session")
