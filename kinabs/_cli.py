@@ -20,6 +20,7 @@ import kinabs
 from kinabs._backend import BACKENDS
 from kinabs._conformance.cli import add_conformance_parser
 from kinabs._errors import DataError, KinabsError
+from kinabs._fit.results import SAVED_FILES, check_output_folder
 from kinabs._paths import example_data_path, example_model_path
 
 __all__ = ["main"]
@@ -39,6 +40,11 @@ def _fit(args: argparse.Namespace) -> int:
                                "would depend on which starts share a chunk. Leave one out.")
     if args.run_dir is not None and Path(args.run_dir).is_file():
         raise kinabs.RunFolderError(f"--run-dir {args.run_dir} is a file; give a folder.")
+    if args.run_dir is not None:
+        check_output_folder(args.run_dir, what="run folder (--run-dir)")
+    # before any training: results that cannot be written would be lost after the run
+    check_output_folder(args.out, (*SAVED_FILES, "loss.png", "fit.png"),
+                        what="output folder (--out)")
     client = None
     if executor == "dask":  # connect first: an unreachable scheduler fails before any work
         client = kinabs.dask_client(args.scheduler, workers=args.workers)
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except KinabsError as exc:
         print(f"kinabs: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except OSError as exc:  # a file or folder that cannot be read or written
         print(f"kinabs: error: {exc}", file=sys.stderr)
         return 2
 

@@ -176,13 +176,3 @@ def test_a_log_line_cut_short_is_skipped_and_ended(tmp_path):
     folder.open(_manifest())
     assert [e["chunk"] for e in folder.log()] == [0, 1]
     assert folder.log()[1]["recovered"]
-
-
-def test_docstring_example_runs():
-    import doctest
-
-    pytest.importorskip("jax")  # the RunFolder example trains
-    from kinabs._fit import run_folder as _run_folder
-
-    failures, tried = doctest.testmod(_run_folder)
-    assert tried >= 2 and failures == 0

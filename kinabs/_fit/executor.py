@@ -144,17 +144,158 @@ def _describe(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{name}"
 
 
+_LEAVES = (type(None), bool, int, float, complex, str, bytes)
+_MAX_DEPTH = 16
+_MAX_ENTRIES = 500
+
+
+def configuration(obj: Any) -> dict[str, str]:
+    """Every setting of an optimiser or loss, flattened to ``{path: text}``: what makes
+    two optimisers differ. An optax transformation is a pair of closures, so its
+    hyperparameters (``adam(1e-3)`` against ``adam(0.5)``) live in closure cells: they are
+    read from there, from defaults, ``functools.partial`` arguments, dataclass and object
+    fields, and the bytecode and constants of every function (an edited loss differs).
+    Plain values of module globals a function reads are included. Texts are exact
+    (``repr`` of floats; a digest of arrays), so equal settings give equal dicts in every
+    process, and a changed one is named by its path. Objects it cannot look into count
+    by their type name."""
+    walked: dict[str, str] = {}
+    _walk(obj, "", walked, set(), 0)
+    # paths as "update.update_fns[1].tx.update.step_size"; the object itself as "type"
+    out = {"type" if k == "." else k.lstrip("."): v for k, v in walked.items()}
+    if len(out) > _MAX_ENTRIES:  # an object graph that large is summarised by one digest
+        kept = dict(list(out.items())[:_MAX_ENTRIES])
+        kept["..."] = f"{len(out) - _MAX_ENTRIES} more settings, digest " + array_digest(
+            *sorted(out.items()))
+        return kept
+    return out
+
+
+def _code_digest(code: Any) -> str:
+    import types
+
+    def consts(c: Any) -> str:
+        if isinstance(c, types.CodeType):
+            return f"code({_code_digest(c)})"
+        if isinstance(c, frozenset):  # its order follows string hashing: sort it
+            return f"frozenset({sorted(consts(x) for x in c)})"
+        if isinstance(c, tuple):
+            return f"({', '.join(consts(x) for x in c)})"
+        return repr(c)
+
+    return array_digest(code.co_code, code.co_names, code.co_varnames,
+                        [consts(c) for c in code.co_consts])
+
+
+def _walk(obj: Any, path: str, out: dict[str, str], active: set[int], depth: int) -> None:
+    import types
+
+    key = path or "."
+    if isinstance(obj, _LEAVES):
+        out[key] = repr(obj)
+        return
+    if isinstance(obj, (np.ndarray, np.generic)) or _is_tensor(obj):
+        arr = np.asarray(obj.detach().cpu() if _is_tensor(obj) else obj)
+        out[key] = (repr(arr.item()) if arr.ndim == 0
+                    else f"array {arr.dtype}{arr.shape} {array_digest(arr)}")
+        return
+    if type(obj).__module__.startswith(("jax", "jaxlib")) and hasattr(obj, "__array__"):
+        _walk(np.asarray(obj), path, out, active, depth)
+        return
+    if depth > _MAX_DEPTH or id(obj) in active:
+        out[key] = f"<{_describe(type(obj))} (nested too deep or in a cycle)>"
+        return
+    active.add(id(obj))
+    try:
+        if isinstance(obj, (types.ModuleType, type, types.BuiltinFunctionType)):
+            out[key] = _describe(obj)
+        elif isinstance(obj, functools.partial):
+            _walk(obj.func, f"{path}.func", out, active, depth + 1)
+            for i, a in enumerate(obj.args):
+                _walk(a, f"{path}.args[{i}]", out, active, depth + 1)
+            for k in sorted(obj.keywords):
+                _walk(obj.keywords[k], f"{path}.{k}", out, active, depth + 1)
+        elif isinstance(obj, types.MethodType):
+            _walk(obj.__func__, f"{path}.__func__", out, active, depth + 1)
+            _walk(obj.__self__, f"{path}.__self__", out, active, depth + 1)
+        elif isinstance(obj, types.FunctionType):
+            _walk_function(obj, path, out, active, depth)
+        elif isinstance(obj, types.CodeType):
+            # one digest of bytecode, names and constants (nested functions included);
+            # the numbers among the constants are listed too, to be named when they differ
+            out[key] = f"code {_code_digest(obj)}"
+            for i, c in enumerate(obj.co_consts):
+                if isinstance(c, (int, float, complex)) and not isinstance(c, bool):
+                    out[f"{path}.const[{i}]"] = repr(c)
+        elif isinstance(obj, (tuple, list)):
+            out[key] = f"{_describe(type(obj))} of {len(obj)}"
+            fields = getattr(obj, "_fields", None)  # NamedTuples (optax transformations)
+            for i, item in enumerate(obj):
+                _walk(item, f"{path}.{fields[i]}" if fields else f"{path}[{i}]", out, active,
+                      depth + 1)
+        elif isinstance(obj, (set, frozenset)):
+            out[key] = f"{_describe(type(obj))} {sorted(repr(x) for x in obj)}"
+        elif isinstance(obj, dict):
+            out[key] = f"dict of {len(obj)}"
+            for k in sorted(obj, key=repr):
+                _walk(obj[k], f"{path}[{k!r}]", out, active, depth + 1)
+        else:
+            out[key] = _describe(type(obj))
+            fields = getattr(obj, "__dict__", None)
+            if isinstance(fields, dict):
+                for k in sorted(fields):
+                    _walk(fields[k], f"{path}.{k}", out, active, depth + 1)
+    finally:
+        active.discard(id(obj))
+
+
+def _walk_function(fn: Any, path: str, out: dict[str, str], active: set[int],
+                   depth: int) -> None:
+    code = fn.__code__
+    out[path or "."] = _describe(fn)
+    _walk(code, f"{path}.__code__", out, active, depth + 1)
+    for i, d in enumerate(fn.__defaults__ or ()):
+        _walk(d, f"{path}.default[{i}]", out, active, depth + 1)
+    for k in sorted(fn.__kwdefaults__ or {}):
+        _walk(fn.__kwdefaults__[k], f"{path}.{k}", out, active, depth + 1)
+    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        _walk(value, f"{path}.{name}", out, active, depth + 1)
+    g = fn.__globals__
+    for name in sorted(set(code.co_names)):  # plain module constants the function reads
+        value = g.get(name)
+        if name in g and isinstance(value, (*_LEAVES, np.ndarray)) \
+                and not name.startswith("__"):
+            _walk(value, f"{path}.<global {name}>", out, active, depth + 1)
+
+
+def _is_tensor(obj: Any) -> bool:
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
 def fit_manifest(spec: FitSpec, start: np.ndarray, *, n_iter: int, chunk_size: int,
                  seed: int | None) -> dict[str, Any]:
-    """What identifies a chunked fit: a run folder with another manifest is refused."""
+    """What identifies a chunked fit: a run folder with another manifest is refused.
+
+    The optimiser and the custom loss enter with their full configuration (see
+    :func:`configuration`): a folder of ``adam(1e-3)`` chunks refuses ``adam(0.5)``, and
+    a loss with other keyword values, naming the setting that differs."""
     loss = spec.loss
     options = dict(
         backend=spec.backend, optim_space=spec.optim_space, n_iter=n_iter,
         solver=repr(spec.solver), adjoint=repr(spec.adjoint),
         loss_threshold=spec.loss_threshold,
         optimizer="default" if spec.optimizer is None else _describe(spec.optimizer),
-        loss="default" if loss is None else f"{_describe(loss.fn)} {sorted(loss.kwargs)}")
-    return dict(format=1, kinabs_version=__version__, model_id=spec.model.id,
+        optimizer_settings={} if spec.optimizer is None else configuration(spec.optimizer),
+        loss="default" if loss is None else f"{_describe(loss.fn)} {sorted(loss.kwargs)}",
+        loss_settings={} if loss is None else {
+            **configuration(loss.fn),
+            **{"kwargs" + ("" if k == "type" else k if k.startswith("[") else f".{k}"): v
+               for k, v in configuration(dict(loss.kwargs)).items()}})
+    return dict(format=2, kinabs_version=__version__, model_id=spec.model.id,
                 model_hash=spec.model.fingerprint(), data_hash=data_hash(spec.data),
                 starts_hash=array_digest(np.ascontiguousarray(start, dtype=np.float64)),
                 n_starts=int(start.shape[0]), seed=None if seed is None else int(seed),
@@ -292,12 +433,24 @@ def run_chunked(spec: FitSpec, start: np.ndarray, *, n_iter: int, seed: int | No
     runner = _runner(spec, executor, retries, local_program or spec.program)
 
     tables: dict[int, ChunkTable] = {}
+    rejected: list[str] = []
     if folder is not None:
         for i in folder.finished_chunks():
-            if i < n_chunks:
-                table = folder.read_chunk(i, names, n_iter)
-                if table is not None and table.n == min(chunk_size, n - i * chunk_size):
-                    tables[i] = table
+            if i >= n_chunks:
+                continue
+            table, problem = folder.check_chunk(i, names, n_iter)
+            rows = start[i * chunk_size:(i + 1) * chunk_size]
+            if table is not None and not np.array_equal(table.initial, rows):
+                problem = (f"{folder.chunk_file(i)}: its starts differ "
+                           "from this fit's starts for that chunk")
+                table = None
+            if problem is not None:  # rerun it; the file is kept aside, not overwritten
+                moved = folder.reject_chunk(i)
+                rejected.append(problem)
+                _note(f"run folder: {problem}; set aside as "
+                      f"{', '.join(p.name for p in moved)} and chunk {i} is run again", None)
+                continue
+            tables[i] = table
     todo = [i for i in range(n_chunks) if i not in tables]
     packed = b"" if isinstance(runner, _InProcess) else _dumps(spec)
     key = hashlib.sha256(packed).hexdigest()[:24]
@@ -340,7 +493,7 @@ def run_chunked(spec: FitSpec, start: np.ndarray, *, n_iter: int, seed: int | No
         seconds=float(time.perf_counter() - t0), solver=repr(spec.solver),
         adjoint=repr(spec.adjoint), executor=runner.kind, chunk_size=chunk_size,
         n_chunks=n_chunks, chunks_run=len(todo), chunks_resumed=n_chunks - len(todo),
-        chunks_all_failed=sorted(all_failed),
+        chunks_all_failed=sorted(all_failed), chunks_rejected=rejected,
         run_dir=None if folder is None else str(folder.path))
     return result
 

@@ -14,7 +14,12 @@ without its line, never a line without its file. :meth:`RunFolder.open` repairs 
 case: it appends the missing line, derived from the file itself (marked ``recovered``),
 before the fit goes on. Each line carries the sha256 of the file it describes, so a
 chunk written again (after its file was deleted or damaged) is told apart from the first
-write; lines of files deleted since stay in the log as history. So after ``open`` every
+write; lines of files deleted since stay in the log as history. Each chunk file records
+its chunk index, its starts and a digest of its content and fit; a file whose records do
+not match (damaged, changed, copied over another chunk, or from another fit) is reported
+by name, set aside as ``*.rejected-*`` and its chunk run again (rather than refused: the
+file is wrong either way, and a long run should not stop for one chunk; it stays there to
+be looked at). So after ``open`` every
 chunk file has its line, and a rerun of the same fit reads the finished chunks and runs
 only the missing ones. A folder that holds another fit is refused, naming what differs.
 
@@ -88,11 +93,28 @@ class ChunkTable:
     def n(self) -> int:
         return int(self.initial.shape[0])
 
-    def to_frame(self, names: list[str]):
+    def digest(self, fit: str = "") -> str:
+        """A sha256 of the chunk's index, first start and every value, and of ``fit`` (the
+        run folder's fit, see :func:`fit_key`): stored in the chunk's file and checked
+        when it is read, so a file changed after writing, copied over another chunk's
+        or brought from another fit's folder is told apart. NaNs are hashed as one NaN:
+        a CSV round trip does not keep NaN payloads."""
+        def canonical(a: np.ndarray) -> np.ndarray:
+            a = np.asarray(a, dtype=np.float64)
+            return np.where(np.isnan(a), np.nan, a)
+
+        return array_digest(fit, int(self.index), int(self.first), canonical(self.initial),
+                            canonical(self.final), canonical(self.loss_history),
+                            tuple(self.status), canonical(self.final_loss),
+                            repr(float(self.seconds)), str(self.worker))
+
+    def to_frame(self, names: list[str], fit: str = ""):
         import pandas as pd
 
         cols: dict[str, Any] = {
             "start": np.arange(self.first, self.first + self.n, dtype=np.int64),
+            "chunk": np.full(self.n, self.index, dtype=np.int64),
+            "digest": [self.digest(fit)] * self.n,
             "status": list(self.status), "final_loss": self.final_loss,
             "seconds": np.full(self.n, self.seconds), "worker": [self.worker] * self.n}
         cols.update({f"initial:{k}": self.initial[:, j] for j, k in enumerate(names)})
@@ -112,6 +134,25 @@ class ChunkTable:
                    status=tuple(str(s) for s in df["status"]),
                    final_loss=df["final_loss"].to_numpy(dtype=np.float64),
                    seconds=float(df["seconds"].iloc[0]), worker=str(df["worker"].iloc[0]))
+
+
+def fit_key(manifest: dict[str, Any] | None) -> str:
+    """A hash of a manifest's identity keys: which fit a chunk file was written for."""
+    if manifest is None:
+        return ""
+    return array_digest(json.dumps({k: manifest.get(k) for k in IDENTITY_KEYS},
+                                   sort_keys=True))
+
+
+def _diff_lines(path: str, old: Any, new: Any) -> list[str]:
+    """One line per setting that differs, nested dicts followed down to the setting."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for sub in sorted(set(old) | set(new)):
+            if old.get(sub) != new.get(sub):
+                lines += _diff_lines(f"{path}.{sub}", old.get(sub), new.get(sub))
+        return lines
+    return [f"{path}: folder has {_short(old)}, this fit has {_short(new)}"]
 
 
 def _has_pyarrow() -> bool:
@@ -152,7 +193,9 @@ def _read_table(data: bytes, fmt: str):
         return pd.read_parquet(io.BytesIO(data))
     # exact float64 round trip: pandas 3 parses so by default, 2 when asked
     exact = {} if pd.__version__ >= "3" else {"float_precision": "round_trip"}
-    return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=["NaN"], **exact)
+    # text columns stay text: a digest of digits only must not become a number
+    return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=["NaN"],
+                       dtype={"digest": str, "status": str, "worker": str}, **exact)
 
 
 def _log_entry(index: int, df, data: bytes, **extra: Any) -> dict[str, Any]:
@@ -201,6 +244,7 @@ class RunFolder:
             raise RunFolderError(f"file_format must be 'parquet' or 'csv'; got "
                                  f"{file_format!r}.")
         self.file_format = file_format
+        self._fit: str | None = None  # fit_key of the manifest, once opened or read
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -229,27 +273,32 @@ class RunFolder:
                 raise RunFolderError(
                     f"{self.path} is not empty and has no {MANIFEST}, so it is not a kinabs "
                     "run folder; give a new or empty folder as the run folder.")
-            (self.path / "chunks").mkdir(parents=True, exist_ok=True)
             manifest = dict(manifest, created=_stamp())
-            _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+            try:  # before any work: an unwritable place fails here, not after the first chunk
+                (self.path / "chunks").mkdir(parents=True, exist_ok=True)
+                _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+            except OSError as exc:
+                raise RunFolderError(
+                    f"cannot write the run folder {self.path}: {type(exc).__name__}: "
+                    f"{exc}. Give a run folder in a place you can write to.") from exc
+            self._fit = fit_key(manifest)
             return manifest
         diffs = [k for k in IDENTITY_KEYS if existing.get(k) != manifest.get(k)]
         if diffs:
-            lines = []
-            for k in diffs:
-                old, new = existing.get(k), manifest.get(k)
-                if isinstance(old, dict) and isinstance(new, dict):
-                    for sub in sorted(set(old) | set(new)):
-                        if old.get(sub) != new.get(sub):
-                            lines.append(f"{k}.{sub}: folder has {old.get(sub)!r}, this fit "
-                                         f"has {new.get(sub)!r}")
-                else:
-                    lines.append(f"{k}: folder has {_short(old)}, this fit has {_short(new)}")
+            lines = [line for k in diffs for line in _diff_lines(k, existing.get(k),
+                                                                  manifest.get(k))]
+            if len(lines) > 20:
+                lines = lines[:20] + [f"... and {len(lines) - 20} more"]
             raise RunFolderError(
                 f"run folder {self.path} holds another fit, so its results cannot be "
                 "resumed or mixed with this one:\n  " + "\n  ".join(lines) +
                 "\nGive another run folder, or delete this one to start over.")
-        (self.path / "chunks").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.path / "chunks").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"cannot write the run folder {self.path}: {exc}. Give a "
+                                 "run folder in a place you can write to.") from exc
+        self._fit = fit_key(existing)
         self._log_unlogged_chunks()
         return existing
 
@@ -275,7 +324,7 @@ class RunFolder:
     def write_chunk(self, chunk: ChunkTable, names: list[str], *, run: str = "") -> Path:
         """Write one chunk's table atomically, then its log line (in this order: see the
         module docstring)."""
-        df = chunk.to_frame(names)
+        df = chunk.to_frame(names, fit=self._fit_key())
         data = _table_bytes(df, self.file_format)
         path = self._chunk_path(chunk.index, self.file_format)
         _atomic_write(path, data)
@@ -321,19 +370,98 @@ class RunFolder:
                 with open(path, "ab") as fh:
                     fh.write(b"\n")
 
+    def chunk_file(self, index: int) -> Path | None:
+        """The file of chunk ``index`` (``None`` when it has none)."""
+        for fmt in ("parquet", "csv"):
+            if self._chunk_path(index, fmt).is_file():
+                return self._chunk_path(index, fmt)
+        return None
+
+    def _fit_key(self) -> str:
+        if self._fit is None:
+            self._fit = fit_key(self.manifest)
+        return self._fit
+
     def read_chunk(self, index: int, names: list[str], n_iter: int) -> ChunkTable | None:
-        """The chunk's table, or ``None`` when it is missing or unreadable (then it is
-        run again)."""
+        """The chunk's table, or ``None`` when it is missing, damaged or not this chunk of
+        this fit (then it is run again; :meth:`check_chunk` says why)."""
+        return self.check_chunk(index, names, n_iter)[0]
+
+    def check_chunk(self, index: int, names: list[str], n_iter: int
+                    ) -> tuple[ChunkTable | None, str | None]:
+        """``(table, None)`` for a good chunk file, ``(None, None)`` when there is none, and
+        ``(None, reason)`` when its file is damaged or is not this chunk of this fit: the
+        reason names the file and what is wrong. Checked: the file reads as a table with
+        this fit's columns, the chunk index recorded in it is the one its name says, its
+        starts are the chunk's range in this fit, and its content digest (which covers
+        the fit, index, starts and every value) matches."""
         for fmt in ("parquet", "csv"):
             path = self._chunk_path(index, fmt)
             if not path.is_file():
                 continue
             try:
-                return ChunkTable.from_frame(_read_table(path.read_bytes(), fmt), index,
-                                             names, n_iter)
-            except Exception:  # noqa: BLE001 - a damaged chunk is recomputed, not trusted
-                return None
-        return None
+                df = _read_table(path.read_bytes(), fmt)
+            except Exception as exc:  # noqa: BLE001 - any parse failure means damaged
+                return None, (f"{path} is damaged: it cannot be read as a {fmt} table "
+                              f"({type(exc).__name__}: {_short(str(exc))})")
+            return self._checked_table(df, index, names, n_iter, path)
+        return None, None
+
+    def _checked_table(self, df, index: int, names: list[str], n_iter: int, path: Path
+                       ) -> tuple[ChunkTable | None, str | None]:
+        need = (["start", "chunk", "digest", "status", "final_loss", "seconds", "worker"]
+                + [f"initial:{k}" for k in names] + [f"final:{k}" for k in names]
+                + [f"loss:{i}" for i in range(n_iter)])
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            return None, (f"{path} is damaged or was written by an older kinabs or another "
+                          f"fit: it lacks the column(s) {missing[:6]}")
+        extra = [c for c in df.columns if c.startswith("loss:") and c not in need]
+        if extra:
+            return None, (f"{path} has {len(extra) + n_iter} iterations per start; this fit "
+                          f"has {n_iter}")
+        if len(df) == 0:
+            return None, f"{path} is damaged: it has no rows"
+        try:
+            recorded = sorted({int(c) for c in df["chunk"]})
+            starts = df["start"].to_numpy(dtype=np.int64)
+            table = ChunkTable.from_frame(df, index, names, n_iter)
+        except (TypeError, ValueError) as exc:
+            return None, f"{path} is damaged: {type(exc).__name__}: {_short(str(exc))}"
+        if recorded != [index]:
+            return None, (f"{path} records chunk {recorded[0] if len(recorded) == 1 else recorded}"
+                          f", but its name says chunk {index}: a chunk file copied or renamed "
+                          "over another")
+        m = self.manifest or {}
+        size, total = m.get("chunk_size"), m.get("n_starts")
+        have = f"starts {starts[0]}-{starts[-1]}"
+        if not np.array_equal(starts, np.arange(starts[0], starts[0] + len(starts))):
+            return None, f"{path} is damaged: its starts {starts[:5].tolist()}... do not follow"
+        if isinstance(size, int) and isinstance(total, int):
+            first, n = index * size, min(size, total - index * size)
+            if starts[0] != first or len(starts) != n:
+                return None, (f"{path} holds {have}, but chunk {index} of this fit holds "
+                              f"starts {first}-{first + n - 1}")
+        digests = set(df["digest"].astype(str))
+        if digests != {table.digest(self._fit_key())}:
+            return None, (f"{path}: its content does not match the digest recorded in it: "
+                          "it was changed after it was written, or comes from another fit's "
+                          "run folder")
+        return table, None
+
+    def reject_chunk(self, index: int) -> list[Path]:
+        """Move the chunk's file(s) aside (``chunk-00003.parquet`` becomes
+        ``chunk-00003.parquet.rejected-<time>``), so that the chunk is run again while the
+        file stays there to be looked at. Returns the new paths."""
+        moved = []
+        for fmt in ("parquet", "csv"):
+            path = self._chunk_path(index, fmt)
+            if path.is_file():
+                target = path.with_name(f"{path.name}.rejected-{time.strftime('%Y%m%dT%H%M%S')}"
+                                        f"-{os.getpid()}")
+                os.replace(path, target)
+                moved.append(target)
+        return moved
 
     def log(self) -> list[dict[str, Any]]:
         """The chunk log: one entry per chunk file written, in order (a line that a crash
@@ -357,7 +485,15 @@ class RunFolder:
         if m is None:
             raise RunFolderError(f"{self.path} has no {MANIFEST}: not a kinabs run folder.")
         names, n_iter = list(m["parameters"]), int(m["options"]["n_iter"])
-        chunks = [self.read_chunk(i, names, n_iter) for i in range(m["n_chunks"])]
+        checked = [self.check_chunk(i, names, n_iter) for i in range(m["n_chunks"])]
+        bad = [reason for _, reason in checked if reason is not None]
+        if bad:
+            raise RunFolderError(
+                f"{self.path}: {len(bad)} of {m['n_chunks']} chunk files cannot be used:\n  "
+                + "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
+                + "\nRun the same fit with this run folder: it sets such files aside (as "
+                "*.rejected-*) and runs their chunks again.")
+        chunks = [table for table, _ in checked]
         missing = [i for i, c in enumerate(chunks) if c is None]
         if missing:
             raise RunFolderError(

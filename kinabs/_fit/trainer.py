@@ -21,7 +21,7 @@ import numpy as np
 
 from kinabs._backend import get_backend, resolve_backend_name
 from kinabs._errors import DataError
-from kinabs._fit.data import TrainingData
+from kinabs._fit.data import TrainingData, check_constrains
 from kinabs._fit.executor import check_chunk_size, run_chunked
 from kinabs._fit.loop import progress_bar, run_loop
 from kinabs._fit.results import TrainingResults
@@ -34,6 +34,20 @@ from kinabs._problem import CustomLoss, FitProblem, TrainingProgram
 __all__ = ["Trainer", "exponentiate_parameters", "log_transform_parameters"]
 
 _SPACES = ("log", "linear")
+
+
+def _check_parameters(system: Any, names: list[str], changing: str = "") -> None:
+    unknown = [n for n in names if n not in system.parameter_index]
+    if unknown and changing:
+        raise DataError(
+            f"the new {changing} has no parameter(s) {unknown} that this trainer fits; its "
+            f"fittable parameters are {list(system.parameters)[:30]}. Create a new Trainer "
+            "for a model with other parameters.")
+    if unknown:
+        raise DataError(f"unknown parameter name(s) {unknown}; fittable parameters are "
+                        f"{list(system.parameters)[:30]}.")
+    if not names:
+        raise DataError("the model has no parameters to fit; pass parameters=[...].")
 
 
 def exponentiate_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,10 +136,11 @@ class Trainer:
         resample_failed: bool = False,
         progress: bool = True,
     ):
-        self.system = as_system(model)
-        self.model = self.system.model
-        self.data = TrainingData.coerce(data)
-        self.data.check_against(self.system)
+        self._program = None
+        self._program_key = None
+        system = as_system(model)
+        data = TrainingData.coerce(data)
+        data.check_against(system)
         self.backend_name = resolve_backend_name(backend)
         self._backend = get_backend(self.backend_name)
         if optim_space not in _SPACES:
@@ -133,13 +148,12 @@ class Trainer:
         self.optim_space = optim_space
         self.n_iter = n_iter
         names = list(parameters) if parameters is not None else list(
-            self.system.kinetic_parameters)
-        unknown = [n for n in names if n not in self.system.parameter_index]
-        if unknown:
-            raise DataError(f"unknown parameter name(s) {unknown}; fittable parameters are "
-                            f"{list(self.system.parameters)[:30]}.")
-        if not names:
-            raise DataError("the model has no parameters to fit; pass parameters=[...].")
+            system.kinetic_parameters)
+        _check_parameters(system, names)
+        check_constrains(data, system, names)
+        self.system = system
+        self._model = system.model
+        self._data = data
         self.parameters: list[str] = names
         self.solver = solver_options(solver, SolverOptions(max_steps=4096))
         self.adjoint = adjoint_options(adjoint, AdjointOptions())
@@ -157,9 +171,39 @@ class Trainer:
         self.progress = progress
         self._parameter_sets = None
         self._bounds: dict[str, Any] | None = None
-        self._program = None
-        self._program_key = None
         self.results: TrainingResults | None = None
+
+    # -- model and data: checked as in __init__, and the program is built anew ---------
+    @property
+    def model(self) -> Any:
+        """The model being fitted. Assigning another model checks it against the data and
+        the fitted parameters (as the constructor does) and rebuilds the training program
+        at the next :meth:`train`."""
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        system = as_system(model)
+        self._data.check_against(system)
+        _check_parameters(system, self.parameters, changing="model")
+        check_constrains(self._data, system, self.parameters)
+        self.system, self._model = system, system.model
+        self._program = None  # the old program simulates the old model
+
+    @property
+    def data(self) -> TrainingData:
+        """The training data. Assigning new data (anything the constructor accepts) checks
+        it against the model (as the constructor does) and rebuilds the training program
+        at the next :meth:`train`."""
+        return self._data
+
+    @data.setter
+    def data(self, data: Any) -> None:
+        data = TrainingData.coerce(data)
+        data.check_against(self.system)
+        check_constrains(data, self.system, self.parameters)
+        self._data = data
+        self._program = None  # the old program holds the old data's arrays
 
     # -- options that may change between rounds -----------------------------------
     @property
@@ -262,8 +306,10 @@ class Trainer:
 
     def _get_program(self) -> TrainingProgram:
         """The training program of the current options (rebuilt when one changed)."""
+        # the model and data setters also drop the program; their ids are a second guard
         key = (id(self.optimizer), self._loss, self.optim_space, self.solver, self.adjoint,
-               self.loss_threshold, tuple(self.parameters))
+               self.loss_threshold, tuple(self.parameters), id(self._model), id(self._data),
+               id(self.system))
         if self._program is None or self._program_key != key:
             self._program = self._fit_spec().program(self._n_iter)
             self._program_key = key
