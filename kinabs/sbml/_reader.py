@@ -1,11 +1,15 @@
 """SBML reader: a file or string in SBML Level 2 or 3 becomes a :class:`kinabs.Model`.
 
-The document is read and validated by libsbml (units checks off; only errors fail, with
-libsbml's messages and line numbers), then every element is copied into the symbolic
+Before libsbml sees the text, one streaming expat pass (``kinabs.sbml._xmlcheck``) checks
+that it is well-formed XML without a DTD, nested at most 256 elements deep (deeper files
+crash libsbml). The document is then read and validated by libsbml (units checks off; only
+errors fail, headlined by libsbml's first message with its line number), then every element is copied into the symbolic
 model and every piece of math converted node by node (``kinabs.sbml._math``). Features
 kinabs does not simulate (events, algebraic rules, delays, fast reactions, packages that
 change the meaning of a model) raise :class:`~kinabs.UnsupportedFeatureError` naming the
-element; they are never skipped silently.
+element; they are never skipped silently. A NaN or infinite value that the simulation
+would use (an initial value, size, stoichiometry, or a parameter that math refers to) raises
+:class:`~kinabs.SBMLError` naming the element, the attribute and the line.
 
 Example:
     >>> import kinabs
@@ -16,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -34,6 +39,7 @@ from kinabs._model import (
     sym,
 )
 from kinabs.sbml._math import MathConverter
+from kinabs.sbml._xmlcheck import check_xml_file, check_xml_text
 
 __all__ = ["load_sbml", "read_sbml_string"]
 
@@ -53,7 +59,8 @@ def load_sbml(path: str | os.PathLike) -> Model:
     """Read an SBML file (Level 2 or 3) into a :class:`kinabs.Model`.
 
     Raises:
-        SBMLError: the file is missing, is not well-formed XML, is not SBML, or is invalid.
+        SBMLError: the file is missing, is not well-formed XML, has a DTD, is nested too
+            deep, is not SBML, is invalid, or holds a NaN/infinite value the simulation uses.
         UnsupportedFeatureError: the model uses a feature kinabs does not simulate.
 
     Example:
@@ -67,6 +74,8 @@ def load_sbml(path: str | os.PathLike) -> Model:
         raise SBMLError(f"cannot read SBML file '{p}': the path {what}. Expected the path of "
                         "an SBML (.xml) file; check the spelling and the working directory "
                         f"({Path.cwd()}).")
+    # Well-formed, no DTD and not too deep before libsbml, which can crash on deep files.
+    check_xml_file(p, f"'{p}'")
     doc = libsbml.SBMLReader().readSBMLFromFile(str(p))
     return _model_from_document(doc, str(p))
 
@@ -83,6 +92,7 @@ def read_sbml_string(text: str, *, source: str | None = None) -> Model:
     if not isinstance(text, str):
         raise TypeError(f"read_sbml_string expects the SBML text as str; got "
                         f"{type(text).__name__}. For a file path use kinabs.load_sbml(path).")
+    check_xml_text(text, f"'{source}'" if source else "the SBML text")
     doc = libsbml.SBMLReader().readSBMLFromString(text)
     return _model_from_document(doc, source)
 
@@ -101,19 +111,24 @@ def _messages(doc: libsbml.SBMLDocument, skip: set[int] | frozenset = frozenset(
     return out
 
 
+def _first(errors: list[str]) -> str:
+    """The first message, for a headline; the count of the others, if any."""
+    more = f" (and {len(errors) - 1} more error(s), listed below)" if len(errors) > 1 else ""
+    return errors[0].rstrip(". ") + more
+
+
 def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model:
     name = f"'{source}'" if source else "the SBML text"
     errors = _messages(doc)
     if errors:
-        ids = [doc.getError(i).getErrorId() for i in range(doc.getNumErrors())]
-        if any(i < 10000 for i in ids):  # libsbml's XML-layer errors
-            raise SBMLError(f"{name} is not well-formed XML, so it cannot be SBML. Expected an "
-                            "SBML document (<sbml ...><model>...); got something else (a CSV "
-                            "or a truncated/corrupted file?).", errors)
+        # The XML is known to be well-formed (kinabs.sbml._xmlcheck): whatever libsbml says
+        # is the news, so its first message leads, never a guess about the file.
         if doc.getLevel() == 0:
             raise SBMLError(f"{name} is XML but not an SBML document: the root element must "
-                            "be <sbml level=... version=...>.", errors)
-        raise SBMLError(f"{name} is not valid SBML; fix these libsbml errors:", errors)
+                            f"be <sbml level=... version=...>. libsbml says {_first(errors)}.",
+                            errors)
+        raise SBMLError(f"{name} is not valid SBML: libsbml says {_first(errors)}. Fix the "
+                        "file at that line; all of libsbml's errors:", errors)
     if doc.getModel() is None:
         raise SBMLError(f"{name} is an SBML document without a <model>; nothing to read.")
     _check_packages(doc)
@@ -128,12 +143,15 @@ def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model
                 warnings.warn(f"{name}: {count} x libsbml rule {rule}: {meaning}; read anyway, "
                               "as this does not change the dynamics.", stacklevel=3)
         if errors:
-            raise SBMLError(f"{name} is not valid SBML (libsbml consistency check); fix "
-                            "these errors:", errors)
+            raise SBMLError(f"{name} is not valid SBML (libsbml consistency check): libsbml "
+                            f"says {_first(errors)}. Fix the file at that line; all of "
+                            "libsbml's errors:", errors)
     try:
         return _ModelReader(doc, source).read()
     except RecursionError:
-        raise SBMLError(f"{name}: math nested too deeply to convert.") from None
+        raise SBMLError(f"{name}: math nested too deeply to convert (Python's recursion "
+                        "limit); expected math nested at most about 300 levels. Simplify the "
+                        "deepest expression or break it up with assignment rules.") from None
 
 
 def _check_packages(doc: libsbml.SBMLDocument) -> None:
@@ -177,6 +195,7 @@ class _ModelReader:
         self.math = MathConverter(functions)
         self.m = Model(id=self.sbml.getId() or "model", name=self.sbml.getName(),
                        source=source)
+        self.name = f"'{source}'" if source else "the SBML text"
 
     def read(self) -> Model:
         self._check_unsupported()
@@ -188,6 +207,7 @@ class _ModelReader:
         if self.sbml.isSetConversionFactor():
             self.m.conversion_factor = self.sbml.getConversionFactor()
         self._check_ids()
+        self._check_finite()
         return self.m
 
     def _check_unsupported(self) -> None:
@@ -294,6 +314,65 @@ class _ModelReader:
             if not ia.isSetMath():
                 continue
             self.m.initial_assignments[var] = self.math.expr(ia.getMath(), where=var)
+
+    def _check_finite(self) -> None:
+        """Refuse NaN/INF values the simulation would use as numbers, naming each one.
+
+        SBML allows "NaN", "INF" and "-INF" for any value, and a value that nothing uses
+        (SBML Test Suite case 00951: three such parameters, only reported) or that an
+        initial assignment or assignment rule replaces is harmless, so those stay. Every
+        other one reaches the ODE's state or right-hand side, where the solver cannot step
+        and, after a long time, reports only that it ran out of steps.
+        """
+        m = self.m
+        replaced = set(m.initial_assignments) | set(m.assignment_rules)
+        used = set(m.rate_rules) | {m.conversion_factor}
+        used |= {sp.conversion_factor for sp in m.species.values()}
+        for expr in (*(r.rate for r in m.reactions.values()), *m.assignment_rules.values(),
+                     *m.rate_rules.values(), *m.initial_assignments.values()):
+            used |= {x.name for x in expr.free_symbols}
+        bad: list[str] = []
+
+        def look(element, what: str, attr: str, value: float | None, key: str | None,
+                 needed: bool = True) -> None:
+            # key: the id an initial assignment or assignment rule would target.
+            if value is None or math.isfinite(value) or key in replaced or not needed:
+                return
+            text = "NaN" if math.isnan(value) else ("INF" if value > 0 else "-INF")
+            bad.append(f"line {element.getLine()}: {what} has {attr}=\"{text}\"")
+
+        for c in self.sbml.getListOfCompartments():
+            cid = c.getId()
+            look(c, f"compartment '{cid}'", "size", m.compartments[cid].size, cid)
+        for sp in self.sbml.getListOfSpecies():
+            sid = sp.getId()
+            look(sp, f"species '{sid}'", "initialAmount", m.species[sid].initial_amount, sid)
+            look(sp, f"species '{sid}'", "initialConcentration",
+                 m.species[sid].initial_concentration, sid)
+        for p in self.sbml.getListOfParameters():
+            pid = p.getId()
+            look(p, f"parameter '{pid}'", "value", m.parameters[pid].value, pid, pid in used)
+        for r in self.sbml.getListOfReactions():
+            rid, mine = r.getId(), m.reactions[r.getId()]
+            kl = r.getKineticLaw()
+            for lp in (kl.getListOfLocalParameters() if self.level >= 3
+                       else kl.getListOfParameters()):
+                qualified = f"{rid}.{lp.getId()}"
+                look(lp, f"local parameter '{lp.getId()}' of reaction '{rid}'", "value",
+                     m.parameters[qualified].value, qualified, qualified in used)
+            for srs, refs in ((r.getListOfReactants(), mine.reactants),
+                              (r.getListOfProducts(), mine.products)):
+                for sr, ref in zip(srs, refs):
+                    named = f" (id '{ref.id}')" if ref.id else ""
+                    look(sr, f"the species reference to '{ref.species}'{named} in reaction "
+                             f"'{rid}'", "stoichiometry", ref.stoichiometry, ref.id)
+        if bad:
+            raise SBMLError(
+                f"{self.name}: {bad[0]}, a value the simulation uses as a number; expected a "
+                "finite number, as NaN or infinity here makes every solver step fail. Give "
+                "the element a finite value (or an initial assignment that computes it)"
+                + (f"; {len(bad)} such values, all listed below:" if len(bad) > 1 else "."),
+                bad)
 
     def _check_ids(self) -> None:
         known = self.m.ids()

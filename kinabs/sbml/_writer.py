@@ -8,7 +8,9 @@ without a ``True`` branch is written without ``<otherwise>``.
 
 Numbers are exact: libsbml prints doubles with 15 significant digits, so a float that
 needs more digits is written by kinabs itself (the shortest text that reads back to the
-same float), so that read -> write -> read gives the same model to the last bit.
+same float), so that read -> write -> read gives the same model to the last bit. Names are
+written by kinabs too, escaped so that newlines, tabs, ``&`` and entity-like text such as
+``&amp;`` read back unchanged.
 
 Example:
     >>> import kinabs
@@ -60,6 +62,13 @@ _FUNCTIONS = {
     sympy.Not: libsbml.AST_LOGICAL_NOT, sympy.Implies: libsbml.AST_LOGICAL_IMPLIES,
 }
 _INT32 = 2**31
+_NAME_PREFIX = "kinabs_name_"
+# Escapes for a double-quoted attribute value; the whitespace ones as character references,
+# since XML reads a literal tab, newline or carriage return in an attribute as a space.
+_ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                                    "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+# Characters outside XML 1.0's Char production (control characters, surrogates, U+FFFE/F).
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def sbml_string(model: Model) -> str:
@@ -116,6 +125,7 @@ class _Writer:
         self.reals: dict[str, str] = {}  # placeholder name -> exact MathML <cn>
         self.attr_fixes: list[tuple[str, int, str, float]] = []  # tag, index, attribute, value
         self.counts: dict[str, int] = {}
+        self.names: dict[str, str] = {}  # placeholder -> the escaped name attribute value
 
     # -- elements ----------------------------------------------------------------
     def write(self) -> str:
@@ -123,7 +133,7 @@ class _Writer:
         if libsbml.SyntaxChecker.isValidSBMLSId(m.id):
             s.setId(m.id)
         if m.name:
-            s.setName(m.name)
+            s.setName(self._name(m.name, f"the model '{m.id}'"))
         if m.conversion_factor:
             _check(s.setConversionFactor(m.conversion_factor), "the model's conversionFactor")
         for c in m.compartments.values():
@@ -175,7 +185,27 @@ class _Writer:
     def _ident(self, e, element_id: str, name: str, kind: str) -> None:
         _check(e.setId(element_id), f"{kind} id '{element_id}'")
         if name:
-            e.setName(name)
+            e.setName(self._name(name, f"{kind} '{element_id}'"))
+
+    def _name(self, name: str, where: str) -> str:
+        """A placeholder for ``name``, whose escaped text :meth:`_finish` puts in.
+
+        libsbml writes a name's newlines, tabs and carriage returns as they are, which XML
+        attribute-value normalization reads back as spaces; it leaves text such as
+        ``&amp;`` unescaped (read back as ``&``); and a name containing ``&#`` makes it
+        abort the whole process. So libsbml only ever sees a plain placeholder.
+        """
+        if not isinstance(name, str):
+            raise ModelError(f"the name of {where} must be a str; got "
+                             f"{type(name).__name__} {name!r}.")
+        bad = _NOT_XML_CHAR.search(name)
+        if bad:
+            raise ModelError(f"the name of {where} holds the character U+{ord(bad[0]):04X} "
+                             f"at index {bad.start()}, which XML 1.0 (so SBML) cannot hold; "
+                             "expected printable text. Remove the character from the name.")
+        placeholder = f"{_NAME_PREFIX}{len(self.names)}"
+        self.names[placeholder] = name.translate(_ATTRIBUTE_ESCAPES)
+        return placeholder
 
     def _index(self, tag: str) -> int:
         """The position of a new ``tag`` element among all of them, in document order."""
@@ -325,12 +355,17 @@ class _Writer:
         if self.reals:
             text = re.sub(rf"<ci>\s*({re.escape(self.prefix)}\d+)\s*</ci>",
                           lambda mt: self.reals[mt.group(1)], text)
-        if not self.attr_fixes:
-            return text
-        dom = minidom.parseString(text.encode("utf-8"))  # our own output, not user input
-        for tag, index, attr, value in self.attr_fixes:
-            dom.getElementsByTagName(tag)[index].setAttribute(attr, repr(value))
-        return dom.toxml(encoding="UTF-8").decode("utf-8").replace("?><", "?>\n<", 1)
+        if self.attr_fixes:
+            dom = minidom.parseString(text.encode("utf-8"))  # our own output, not user input
+            for tag, index, attr, value in self.attr_fixes:
+                dom.getElementsByTagName(tag)[index].setAttribute(attr, repr(value))
+            text = dom.toxml(encoding="UTF-8").decode("utf-8").replace("?><", "?>\n<", 1)
+        if self.names:
+            # Last, as minidom would write the escaped newlines back as raw ones. Every name
+            # in the text is a placeholder, so no real name can match.
+            text = re.sub(rf' name="({_NAME_PREFIX}\d+)"',
+                          lambda mt: f' name="{self.names[mt.group(1)]}"', text)
+        return text
 
 
 def _node(kind: int, children: list[libsbml.ASTNode] = (), name: str | None = None
