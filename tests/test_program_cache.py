@@ -78,3 +78,17 @@ def test_program_key_changes_with_each_part_and_the_sources(monkeypatch):
     assert pc.program_key(np.zeros((2, 3))) != pc.program_key(np.zeros((3, 2)))
     monkeypatch.setattr(pc, "_installed_digest", lambda: b"another kinabs")
     assert pc.program_key(*parts) != key
+
+
+def test_program_key_covers_the_environment_and_every_data_bit(monkeypatch):
+    data = np.array([0.5, 1.0])
+    key = pc.program_key(data)
+    nudged = data.copy()
+    nudged[1] += 1e-7  # a data value nudged: another program (the data are in it)
+    assert pc.program_key(nudged) != key
+    env = pc.environment()
+    for name, other in [("platform", "gpu"), ("device_kind", "NVIDIA H100"),
+                        ("jaxlib", "0.0.1"), ("EQX_ON_ERROR", "raise")]:
+        monkeypatch.setattr(pc, "environment", lambda name=name, other=other:
+                            dict(env, **{name: other}))
+        assert pc.program_key(data) != key, name

@@ -8,7 +8,6 @@ reason and does not disturb the others.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +21,23 @@ from kinabs._losses import DEFAULT_TERMS
 from kinabs._options import AdjointOptions
 from kinabs._problem import FitProblem, TrainingProgram
 from kinabs._stages import solve_stages
-from kinabs.backends.jax._program_cache import cached_jit, program_key
+from kinabs.backends.jax._program_cache import cache_root, cached_jit, program_key
 from kinabs.backends.jax._simulate import lowered, make_adjoint, make_solver, solve_one
 
 __all__ = ["JaxTrainingProgram", "check_optimizer", "default_optimizer",
            "enable_compilation_cache"]
 
-_CACHE_SET = False
+def enable_compilation_cache() -> Path | None:
+    """The folder of JAX's persistent compilation cache for kinabs' programs
+    (``KINABS_JAX_CACHE`` or ~/.cache/kinabs/jax), checked now, so that an unsafe or
+    unusable one is reported (once) when the program is made; None where there is none
+    (``KINABS_JAX_CACHE=0``, or the check failed).
 
-
-def enable_compilation_cache() -> None:
-    """Switch on JAX's persistent compilation cache (once per process) unless the user set
-    one or ``KINABS_JAX_CACHE=0``. Directory: ``KINABS_JAX_CACHE`` or ~/.cache/kinabs/jax."""
-    global _CACHE_SET
-    if _CACHE_SET:
-        return
-    _CACHE_SET = True
-    setting = os.environ.get("KINABS_JAX_CACHE", "")
-    if setting == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    path = Path(setting) if setting else Path.home() / ".cache" / "kinabs" / "jax"
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    JAX's cache settings are not switched on here, for the whole process: the cache holds
+    native code that JAX runs, and the host program's own ``jit``s have no business
+    reading it. ``cached_jit`` sets them around each compilation of kinabs' programs
+    only (``persistent_compilation_cache``), unless the user set a cache folder."""
+    return cache_root()
 
 
 def default_optimizer() -> optax.GradientTransformation:
