@@ -8,6 +8,7 @@ reason and does not disturb the others.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,12 @@ from kinabs._losses import DEFAULT_TERMS
 from kinabs._options import AdjointOptions
 from kinabs._problem import FitProblem, TrainingProgram
 from kinabs._stages import solve_stages
-from kinabs.backends.jax._program_cache import cache_root, cached_jit, program_key
+from kinabs.backends.jax._program_cache import (
+    cache_root,
+    cached_jit,
+    persistent_compilation_cache,
+    program_key,
+)
 from kinabs.backends.jax._simulate import lowered, make_adjoint, make_solver, solve_one
 
 __all__ = ["JaxTrainingProgram", "check_optimizer", "default_optimizer",
@@ -105,7 +111,7 @@ class JaxTrainingProgram(TrainingProgram):
     def __init__(self, problem: FitProblem, optimizer: Any, n_iter: int, *,
                  optimizer_key: str | None = None):
         check_optimizer(optimizer)
-        enable_compilation_cache()
+        self._cache_root = enable_compilation_cache()
         self.problem = problem
         self.optimizer = optimizer
         self.chunk = CHUNK
@@ -327,9 +333,18 @@ class JaxTrainingProgram(TrainingProgram):
 
         return run
 
+    def _scope(self) -> contextlib.ExitStack:
+        """Around every call of the program: 64-bit floats, and kinabs' compilation cache
+        (not only the chunk programs compile: the eager operations of init and reset do
+        too, and a warm run should load them all)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.enable_x64(True))
+        stack.enter_context(persistent_compilation_cache(self._cache_root))
+        return stack
+
     # -- TrainingProgram API ------------------------------------------------------
     def init(self, theta):
-        with jax.enable_x64(True):
+        with self._scope():
             th = jnp.asarray(theta, dtype=jnp.float64)
             opt_state = jax.vmap(self.optimizer.init)(th)
             n = th.shape[0]
@@ -341,7 +356,7 @@ class JaxTrainingProgram(TrainingProgram):
         """``n_iter`` (<= chunk) iterations of every live start; in "auto" mode a start a
         program fails goes on with the next one (explicit, implicit, explicit without the
         step cap) for the rest of the chunk, and stays with it."""
-        with jax.enable_x64(True):
+        with self._scope():
             carry, mode = state.carry, state.mode.copy()
             n = mode.shape[0]
             zeros = np.zeros(n, dtype=bool)
@@ -391,7 +406,7 @@ class JaxTrainingProgram(TrainingProgram):
         return carry, losses[:k]
 
     def reset(self, state, mask, theta):
-        with jax.enable_x64(True):
+        with self._scope():
             th, opt_state, status, stopped, probe = state.carry
             m = jnp.asarray(mask)
             new_th = jnp.where(m[:, None], jnp.asarray(theta), th)
@@ -415,7 +430,7 @@ class JaxTrainingProgram(TrainingProgram):
     def final_loss(self, state):
         """Loss at the current parameters of every member (a probing pass of the same
         compiled programs: no further compilation)."""
-        with jax.enable_x64(True):
+        with self._scope():
             carry, mode = state.carry, state.mode
             n = mode.shape[0]
             if np.any(mode == 0):
@@ -434,7 +449,7 @@ class JaxTrainingProgram(TrainingProgram):
         the implicit one, and a finite loss with a non-finite gradient with forward-mode
         sensitivities, as training does."""
         theta = np.asarray(theta, dtype=np.float64)
-        with jax.enable_x64(True):
+        with self._scope():
             def batched(which):
                 if which not in self._vg_batched:
                     vg = _value_and_grad(self._loss_fns[which], which in self._forward)
