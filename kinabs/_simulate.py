@@ -19,6 +19,7 @@ import numpy as np
 
 from kinabs._backend import STATUS, get_backend
 from kinabs._errors import DataError, SimulationError
+from kinabs._lowering.diagnose import nonfinite_at_start
 from kinabs._lowering.system import OdeSystem, as_system
 from kinabs._model import Model
 from kinabs._options import SolverOptions, solver_options
@@ -299,6 +300,15 @@ def simulate(
         values[i] = np.nan
     if failed and on_failure == "raise":
         first = failed[0]
+        cause = nonfinite_at_start(system, float(t0), p[first],
+                                   None if y0 is None else y0[first], mask)
+        if cause:
+            raise SimulationError(
+                f"{len(failed)} of {b} solves failed (first: batch member {first}, "
+                f"{status[first]}) before they could start: {cause} Fix that value in "
+                "the model or in parameters=/initial=; more steps or another solver "
+                "cannot help."
+            )
         raise SimulationError(
             f"{len(failed)} of {b} solves failed (first: batch member {first}, "
             f"{status[first]}). Try SolverOptions(method='stiff'), a larger max_steps "

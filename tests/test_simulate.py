@@ -248,3 +248,33 @@ def test_auto_finishes_what_the_implicit_solver_cannot_on_jax():
         method="stiff", rtol=1e-12, atol=1e-14), backend="torch")
     assert jax_res.status == torch_res.status == ("success",)
     np.testing.assert_allclose(jax_res.values, torch_res.values, rtol=1e-8, atol=1e-12)
+
+
+def test_a_solve_that_cannot_start_names_the_element(backend):
+    """A rate that is infinite at t0 fails every solver; the error names the reaction
+    instead of advising more steps."""
+    b = kinabs.ModelBuilder("pole")
+    b.compartment("c", size=1.0)
+    b.species("A", initial_concentration=1.0)
+    b.parameter("k", 1.0)
+    b.reaction("R", "A ->", rate="k / (A - 1)")
+    model = b.build()
+    with pytest.raises(kinabs.SimulationError,
+                       match=r"rate of reaction 'R' \(inf\) is not finite") as err:
+        kinabs.simulate(model, [0.0, 1.0], backend=backend,
+                        solver=kinabs.SolverOptions(max_steps=200))
+    assert "a larger max_steps" not in str(err.value)
+    # the same model from another start solves (the diagnosis looks at the failing member)
+    ok = kinabs.simulate(model, [0.0, 0.1], initial={"A": 3.0}, backend=backend)
+    np.testing.assert_allclose(ok.values[0, -1, 0], 1 + np.sqrt(4 - 0.2), rtol=1e-6)
+
+
+def test_a_nan_initial_value_in_a_python_model_is_named(backend):
+    m = Model(id="nan_start")
+    m.compartments["c"] = Compartment("c", 1.0)
+    m.species["A"] = Species("A", "c", initial_concentration=float("nan"))
+    m.parameters["k"] = Parameter("k", 0.5)
+    m.reactions["R"] = Reaction("R", sym("k") * sym("A"), reactants=(Ref("A"),))
+    with pytest.raises(kinabs.SimulationError, match=r"initial value of 'A' \(nan\)"):
+        kinabs.simulate(m, [0.0, 1.0], backend=backend,
+                        solver=kinabs.SolverOptions(max_steps=200))
