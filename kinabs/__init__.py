@@ -45,8 +45,10 @@ from kinabs._model import (
     Species,
     SpeciesReference,
 )
+from kinabs._optim import BFGS, LevenbergMarquardt
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._paths import example_data_path, example_model_path
+from kinabs._problem import ResidualLoss
 from kinabs._simulate import SimulationResult, amount, concentration, simulate
 from kinabs._version import __version__ as __version__
 from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
@@ -63,4 +65,5 @@ __all__ = [
     "concentration", "example_data_path", "example_model_path", "get_backend",
     "load_sbml", "lower", "ratelaws", "read_sbml_string", "sbml_string", "simulate",
     "write_sbml", "DaskError", "dask_client", "RunFolder", "RunFolderError",
+    "LevenbergMarquardt", "BFGS", "ResidualLoss",
 ]

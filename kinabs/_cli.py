@@ -1,8 +1,9 @@
 """The ``kinabs`` command.
 
 ``kinabs fit`` fits a model to data (the bundled serine example by default), shows
-progress, writes the results tables and two plots to an output folder and prints the
-best fit. ``kinabs simulate`` writes a simulation as CSV. ``kinabs conformance`` checks that
+progress, writes the results tables and three plots (loss curves, the best fit against
+the data, the waterfall of final losses) to an output folder and prints the best starts
+(final loss, status, iterations) and the best fit. ``kinabs simulate`` writes a simulation as CSV. ``kinabs conformance`` checks that
 the backends agree on a model (see :mod:`kinabs._conformance.cli`).
 
 Example:
@@ -25,6 +26,9 @@ from kinabs._paths import example_data_path, example_model_path
 
 __all__ = ["main"]
 
+#: The plots ``kinabs fit`` writes beside the tables.
+PLOTS = ("loss.png", "fit.png", "waterfall.png")
+
 
 def _fit(args: argparse.Namespace) -> int:
 
@@ -43,7 +47,7 @@ def _fit(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         check_output_folder(args.run_dir, what="run folder (--run-dir)")
     # before any training: results that cannot be written would be lost after the run
-    check_output_folder(args.out, (*SAVED_FILES, "loss.png", "fit.png"),
+    check_output_folder(args.out, (*SAVED_FILES, *PLOTS),
                         what="output folder (--out)")
     client = None
     if executor == "dask":  # connect first: an unreachable scheduler fails before any work
@@ -94,21 +98,24 @@ def _fit_with(args: argparse.Namespace, kinabs, client, chunked: bool) -> int:
     results.save(out)
     results.plot_loss(out / "loss.png")
     results.plot_fit(out / "fit.png")
+    results.plot_waterfall(out / "waterfall.png")
     import pandas as pd
 
     with pd.option_context("display.width", 120, "display.max_columns", 12):
         print("\nbest starts:")
-        print(results.summary(top=min(5, args.inits))[["final_loss", "status", "iterations"]])
+        print(results.summary(top=min(5, args.inits))[["final_loss", "status", "iterations",
+                                                       "evaluations"]])
         best = pd.Series(results.best_parameters, name="best fit")
         if args.base == "model":
             best = pd.concat([best, pd.Series(base, name="model value")], axis=1)
         print(f"\nbest fit (init {results.best_index}, loss {results.best_loss:.4g}):")
         print(best.to_string())
-    failed = sum(s != "ok" for s in results.status)
-    if failed:
-        print(f"\n{failed} start(s) failed; see {out / 'summary.csv'} for the reasons.")
+    counts = results.status_counts()
+    print("\nstarts: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    if counts["failed"]:
+        print(f"{counts['failed']} start(s) failed; see {out / 'summary.csv'} for the reasons.")
     print(f"\nwrote {out}/: parameters.csv, loss_history.csv, summary.csv, results.json, "
-          f"loss.png, fit.png ({results.meta['seconds']:.1f} s of training)")
+          f"{', '.join(PLOTS)} ({results.meta['seconds']:.1f} s of training)")
     return 0 if np.isfinite(results.best_loss) else 1
 
 

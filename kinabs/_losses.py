@@ -22,13 +22,20 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["mean_centered_terms", "mean_centered_scale", "squared_error_terms", "DEFAULT_TERMS"]
+__all__ = ["mean_centered_terms", "mean_centered_scale", "mean_centered_residuals",
+           "squared_error_terms", "squared_error_residuals", "DEFAULT_TERMS",
+           "DEFAULT_RESIDUALS"]
+
+
+def mean_centered_residuals(pred: Any, obs: Any, mask: Any, xp: Any) -> Any:
+    """The residuals of :func:`mean_centered_terms`, (times, species), 0 where missing."""
+    obs0 = xp.where(mask, obs, 0.0)
+    return xp.where(mask, (pred - obs0) / mean_centered_scale(obs, mask, xp), 0.0)
 
 
 def mean_centered_terms(pred: Any, obs: Any, mask: Any, xp: Any) -> tuple[Any, Any]:
     """Mean-centred squared residuals of one experiment: (times, species) arrays."""
-    obs0 = xp.where(mask, obs, 0.0)
-    resid = xp.where(mask, (pred - obs0) / mean_centered_scale(obs, mask, xp), 0.0)
+    resid = mean_centered_residuals(pred, obs, mask, xp)
     return xp.sum(resid * resid), xp.sum(xp.astype(mask, pred.dtype))
 
 
@@ -44,12 +51,20 @@ def mean_centered_scale(obs: Any, mask: Any, xp: Any) -> Any:
     return xp.where(scale == 0.0, 1.0, scale)
 
 
+def squared_error_residuals(pred: Any, obs: Any, mask: Any, xp: Any) -> Any:
+    """Plain residuals of one experiment, 0 where missing."""
+    return xp.where(mask, pred - xp.where(mask, obs, 0.0), 0.0)
+
+
 def squared_error_terms(pred: Any, obs: Any, mask: Any, xp: Any) -> tuple[Any, Any]:
     """Squared residuals of one experiment."""
-    obs0 = xp.where(mask, obs, 0.0)
-    resid = xp.where(mask, pred - obs0, 0.0)
+    resid = squared_error_residuals(pred, obs, mask, xp)
     return xp.sum(resid * resid), xp.sum(xp.astype(mask, pred.dtype))
 
 
 #: optimisation space -> default loss terms
 DEFAULT_TERMS = {"log": mean_centered_terms, "linear": squared_error_terms}
+
+#: optimisation space -> the residuals of the default loss: the loss is the sum of their
+#: squares over every experiment, divided by the number of measured values
+DEFAULT_RESIDUALS = {"log": mean_centered_residuals, "linear": squared_error_residuals}

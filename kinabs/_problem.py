@@ -16,7 +16,8 @@ import numpy as np
 
 from kinabs._errors import DataError
 
-__all__ = ["ExperimentArrays", "FitProblem", "TrainingProgram", "CustomLoss", "FIT_STATUS"]
+__all__ = ["ExperimentArrays", "FitProblem", "TrainingProgram", "CustomLoss", "ResidualLoss",
+           "FIT_STATUS", "FAILED", "CONVERGED", "MAX_ITERATIONS"]
 
 #: Status of one initialisation during a fit.
 FIT_STATUS = {
@@ -25,7 +26,17 @@ FIT_STATUS = {
     2: "failed: nonfinite solution",
     3: "failed: solver error",
     4: "failed: nonfinite loss or gradient",
+    5: "converged",
+    6: "max_iterations",
 }
+
+#: The codes of :data:`FIT_STATUS` that mean a start failed (and may be resampled).
+FAILED = (1, 2, 3, 4)
+#: A start that met its method's convergence test: it trains no further, also on resume.
+CONVERGED = 5
+#: A start of a method with convergence tests that ran out of iterations (set at the end
+#: of a round; it trains on in the next).
+MAX_ITERATIONS = 6
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,14 @@ class CustomLoss:
     when the function takes it) a callable ``model(ts, y0, params)`` that simulates the
     experiment's species from ``y0`` (NaN entries keep the model's value) with ``params`` in
     linear space. The loss of a fit is the sum over experiments.
+
+    With ``residuals=True`` (see :class:`ResidualLoss`) ``fn`` returns an array of
+    residuals instead, and the loss is the sum of their squares over experiments.
     """
 
     fn: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    residuals: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -86,6 +101,28 @@ class CustomLoss:
 
 
 @dataclass(frozen=True)
+class ResidualLoss:
+    """Marks a custom loss as returning residuals: ``fn(params, ts, ys, [model], **kw)``
+    returns an array (any shape) whose squares, summed over the array and over
+    experiments, are the loss. Least-squares methods (:class:`kinabs.LevenbergMarquardt`)
+    need this form; every other optimiser minimises the sum of squares.
+
+    Example:
+        >>> import kinabs
+        >>> def residuals(params, ts, ys, model):
+        ...     return model(ts, ys[0])[1:, 0] - ys[1:, 0]
+        >>> model = kinabs.load_sbml(kinabs.example_model_path())
+        >>> trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=2,
+        ...                          loss=kinabs.ResidualLoss(residuals), progress=False,
+        ...                          optimizer=kinabs.LevenbergMarquardt())
+        >>> trainer.loss.residuals
+        True
+    """
+
+    fn: Callable[..., Any]
+
+
+@dataclass(frozen=True)
 class FitProblem:
     """Everything a backend needs to build a training program."""
 
@@ -99,6 +136,14 @@ class FitProblem:
     adjoint: Any
     loss: CustomLoss | None
     loss_threshold: float | None
+    #: box bounds (R,) in the optimisation space; -inf/inf where a parameter is free
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+
+    @property
+    def n_residuals(self) -> int:
+        """Length of the default loss's residual vector (every (time, species) cell)."""
+        return int(sum(e.values.size for e in self.experiments))
 
 
 class TrainingProgram(ABC):
@@ -138,4 +183,13 @@ class TrainingProgram(ABC):
         of ``theta`` (N, R): what one iteration computes (solver fallbacks included),
         without an update."""
 
+    def counts(self, state: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """(iterations, evaluations) of each start so far for methods that count them
+        (accepted steps, and evaluations of loss and derivative); ``None`` for optimisers
+        whose every iteration is one step."""
+        return None
+
     chunk: int = 25
+    #: whether the program's optimiser has convergence tests (statuses "converged" and
+    #: "max_iterations" instead of "ok")
+    tests_convergence: bool = False

@@ -53,6 +53,12 @@ def reference(trainer):
     return trainer.train(chunk_size=CHUNK)
 
 
+def _failed(status: str) -> bool:
+    """Whether a start failed (its status is neither ok, converged nor max_iterations: which
+    of those a start that did not fail has depends on the optimiser)."""
+    return status.startswith("failed")
+
+
 def _assert_same(a, b):
     """Bit for bit: the same starts in chunks of the same size."""
     np.testing.assert_array_equal(a.loss_history, b.loss_history)
@@ -61,11 +67,13 @@ def _assert_same(a, b):
                                   b.initial_parameters.to_numpy())
     np.testing.assert_array_equal(a.final_loss, b.final_loss)
     assert a.status == b.status
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    np.testing.assert_array_equal(a.evaluations, b.evaluations)
 
 
 def test_chunked_fit_in_process(trainer, reference):
     assert reference.loss_history.shape == (N_STARTS, N_ITER)
-    assert reference.status == ["ok"] * N_STARTS
+    assert len(reference.status) == N_STARTS and not any(map(_failed, reference.status))
     assert np.all(reference.loss_history[:, -1] < reference.loss_history[:, 0])
     pd.testing.assert_frame_equal(reference.initial_parameters, trainer.parameter_sets)
     assert reference.meta["n_chunks"] == 8 and reference.meta["chunks_run"] == 8
@@ -220,7 +228,8 @@ def test_a_chunk_whose_starts_all_fail_is_reported_not_retried(model, tmp_path, 
     t.parameter_sets = sets
     with ThreadPoolExecutor(1) as pool:
         res = t.train(executor=pool, chunk_size=2, run_dir=tmp_path, retries=3)
-    assert res.status == ["failed: max_steps_reached"] * 2 + ["ok"] * 2
+    assert res.status[:2] == ["failed: max_steps_reached"] * 2
+    assert not any(map(_failed, res.status[2:]))
     assert res.meta["chunks_all_failed"] == [0]
     assert [e["chunk"] for e in RunFolder(tmp_path).log()] in ([0, 1], [1, 0])  # once each
     assert "chunk 0 (starts 0-1): every start failed (failed: max_steps_reached)" in \
@@ -253,10 +262,69 @@ def test_torch_chunks_agree_with_one_batch(model):
     t.n_iter = 3
     whole = t.train()
     chunked = t.train(chunk_size=2)
-    assert chunked.status == whole.status == ["ok"] * 4
+    assert chunked.status == whole.status and not any(map(_failed, whole.status))
     np.testing.assert_allclose(chunked.loss_history, whole.loss_history, rtol=1e-12, atol=0)
     np.testing.assert_allclose(chunked.parameters.to_numpy(), whole.parameters.to_numpy(),
                                rtol=1e-12, atol=0)
+
+
+def test_chunks_carry_statuses_iterations_and_evaluations(trainer, tmp_path, monkeypatch,
+                                                         capfd):
+    """What run_loop reports per start reaches the results, the chunk files and the results
+    read back from them: converged and max_iterations starts keep their loss, a chunk of
+    such starts is not reported as failed, the padding rows are dropped. (run_loop is
+    replaced by one that reports set values per start: no training.)"""
+    from kinabs._fit import executor as _executor
+    from kinabs._fit.loop import LoopOutcome
+
+    start = trainer.parameter_sets.to_numpy()[:5]
+    codes = [5, 6, 2, 3, 5]  # converged, max_iterations, failed, failed, converged
+
+    def fake_loop(program, rows, n_iter, *, space):
+        index = np.array([np.flatnonzero((start == row).all(1))[0] for row in rows])
+        return None, LoopOutcome(
+            initial=rows, final=rows * 2, losses=np.ones((len(rows), n_iter)),
+            status=np.array(codes)[index], final_loss=0.1 * (index + 1),
+            restarts=np.zeros(len(rows), dtype=int), iterations=10 + index,
+            evaluations=20 + index)
+
+    monkeypatch.setattr(_executor, "run_loop", fake_loop)
+    run = tmp_path / "run"
+    res = _executor.run_chunked(trainer._fit_spec(), start, n_iter=N_ITER, chunk_size=2,
+                                run_dir=run, local_program=lambda: None)
+    assert res.status == ["converged", "max_iterations", "failed: nonfinite solution",
+                          "failed: solver error", "converged"]
+    np.testing.assert_array_equal(res.final_loss, [0.1, 0.2, np.nan, np.nan, 0.5])
+    np.testing.assert_array_equal(res.iterations, [10, 11, 12, 13, 14])
+    np.testing.assert_array_equal(res.evaluations, [20, 21, 22, 23, 24])
+    assert res.meta["chunks_all_failed"] == [1]
+    err = capfd.readouterr().err
+    assert "chunk 1 (starts 2-3): every start failed" in err and "chunk 0" not in err
+    assert [e["ok"] for e in sorted(RunFolder(run).log(), key=lambda e: e["chunk"])] == \
+        [2, 0, 1]
+    _assert_same(RunFolder(run).results(), res)
+    again = _executor.run_chunked(trainer._fit_spec(), start, n_iter=N_ITER, chunk_size=2,
+                                  run_dir=run, local_program=lambda: None)
+    assert again.meta["chunks_resumed"] == 3
+    _assert_same(again, res)
+
+
+def test_chunked_fit_counts_as_one_batch(model, tmp_path):
+    """A real fit of two starts: chunks of one start give the statuses, iterations and
+    evaluations of both starts trained together, also when read back from the run folder."""
+    t = _trainer(model, n_starts=2)
+    t.n_iter = 2
+    whole = t.train()
+    chunked = t.train(chunk_size=1, run_dir=tmp_path / "run")
+    assert chunked.status == whole.status
+    assert not any(map(_failed, whole.status))
+    np.testing.assert_array_equal(chunked.iterations, whole.iterations)
+    np.testing.assert_array_equal(chunked.evaluations, whole.evaluations)
+    assert np.all(whole.evaluations >= 1) and np.all(whole.iterations <= whole.evaluations)
+    np.testing.assert_allclose(chunked.final_loss, whole.final_loss, rtol=1e-10)
+    back = RunFolder(tmp_path / "run").results()
+    np.testing.assert_array_equal(back.iterations, whole.iterations)
+    np.testing.assert_array_equal(back.evaluations, whole.evaluations)
 
 
 # -- the command line --------------------------------------------------------------------
@@ -419,4 +487,4 @@ def test_dask_worker_killed_mid_run_loses_nothing(trainer, reference, client, tm
     _assert_same(res, reference)  # all 64, equal to the in-process results
     log = RunFolder(tmp_path).log()
     assert sorted(e["chunk"] for e in log) == list(range(8))  # none lost, none twice
-    assert len(res.status) == 64 and res.status == ["ok"] * 64
+    assert len(res.status) == 64 and not any(map(_failed, res.status))

@@ -1,10 +1,12 @@
 """The run folder: manifest written first and checked on resume, chunk tables written
-atomically and read back exactly (Parquet and CSV), refusal of another fit's folder, and a
-log that agrees with the chunk files after a kill between a file and its log line."""
+atomically and read back exactly (Parquet and CSV) with their iterations and evaluations
+(derived from the losses for older files without them), refusal of another fit's folder,
+and a log that agrees with the chunk files after a kill between a file and its log line."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -176,3 +178,102 @@ def test_a_log_line_cut_short_is_skipped_and_ended(tmp_path):
     folder.open(_manifest())
     assert [e["chunk"] for e in folder.log()] == [0, 1]
     assert folder.log()[1]["recovered"]
+
+
+# -- iterations and evaluations -----------------------------------------------------------
+def _counted_chunk(index=0, first=0):
+    """Two starts of a method with convergence tests: one converged, one out of iterations."""
+    return replace(_chunk(index, first), status=("converged", "max_iterations"),
+                   final_loss=np.array([0.1 / 3, 0.5]), iterations=np.array([3, 7]),
+                   evaluations=np.array([5, 12]))
+
+
+def _old_chunk_file(folder, chunk):
+    """Write ``chunk`` as a chunk file of a kinabs from before iterations and evaluations
+    were recorded: no such columns, and a digest that does not cover them."""
+    from kinabs._fit import run_folder as rf
+
+    fit = folder._fit_key()
+    df = chunk.to_frame(NAMES, fit=fit).drop(columns=["iterations", "evaluations"])
+    df["digest"] = replace(chunk, counted=False).digest(fit)
+    path = folder._chunk_path(chunk.index, folder.file_format)
+    rf._atomic_write(path, rf._table_bytes(df, folder.file_format))
+    return path
+
+
+def test_a_chunk_table_without_counts_takes_them_from_its_losses():
+    chunk = _chunk(n=3)  # row 0 stopped after one of two iterations
+    np.testing.assert_array_equal(chunk.iterations, [1, 2, 2])
+    np.testing.assert_array_equal(chunk.evaluations, [1, 2, 2])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_iterations_and_evaluations_round_trip_and_reach_the_results(tmp_path, fmt):
+    folder = RunFolder(tmp_path, file_format=fmt)
+    folder.open(_manifest())
+    folder.write_chunk(_counted_chunk(), NAMES)
+    back = folder.read_chunk(0, NAMES, 2)
+    np.testing.assert_array_equal(back.iterations, [3, 7])
+    np.testing.assert_array_equal(back.evaluations, [5, 12])
+    assert back.iterations.dtype == np.int64 and back.counted
+    assert back.status == ("converged", "max_iterations")
+    assert folder.log()[0]["ok"] == 2  # neither start failed
+    folder.write_chunk(_chunk(index=1, first=2, n=1), NAMES)
+    res = folder.results()
+    np.testing.assert_array_equal(res.iterations, [3, 7, 1])
+    np.testing.assert_array_equal(res.evaluations, [5, 12, 1])
+    np.testing.assert_array_equal(res.final_loss[:2], [0.1 / 3, 0.5])
+    assert res.status == ["converged", "max_iterations", "ok"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_an_older_chunk_file_without_counts_is_read_with_counts_from_its_losses(tmp_path,
+                                                                              fmt):
+    folder = RunFolder(tmp_path, file_format=fmt)
+    folder.open(_manifest())
+    chunk = _chunk(n=2)
+    _old_chunk_file(folder, chunk)
+    table, problem = folder.check_chunk(0, NAMES, 2)
+    assert problem is None and not table.counted
+    np.testing.assert_array_equal(table.iterations, [1, 2])
+    np.testing.assert_array_equal(table.evaluations, [1, 2])
+    np.testing.assert_array_equal(table.loss_history, chunk.loss_history)
+    folder.write_chunk(_chunk(index=1, first=2, n=1), NAMES)
+    np.testing.assert_array_equal(folder.results().iterations, [1, 2, 1])
+    # an older file still has its values checked against its digest
+    path = _old_chunk_file(folder, replace(chunk, worker="elsewhere"))
+    if fmt == "csv":
+        path.write_text(path.read_text().replace("elsewhere", "host:1"))
+        assert folder.check_chunk(0, NAMES, 2)[1].endswith("does not match the digest "
+                                                           "recorded in it: it was changed "
+                                                           "after it was written, or comes "
+                                                           "from another fit's run folder")
+
+
+def _edit_csv(path, column, values):
+    import pandas as pd
+
+    df = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], dtype=str)
+    if values is None:
+        df = df.drop(columns=[column])
+    else:
+        df[column] = values
+    path.write_text(df.to_csv(index=False, na_rep="NaN"))
+
+
+@pytest.mark.parametrize("column, values, text", [
+    ("iterations", ["3", "8"], "does not match the digest recorded in it"),
+    ("evaluations", ["5", "-12"], "its column 'evaluations' must hold non-negative whole "
+                                  "numbers (one per start); row 2 holds '-12'"),
+    ("iterations", ["3.5", "7"], "its column 'iterations' must hold non-negative whole "
+                                 "numbers (one per start); row 1 holds '3.5'"),
+    ("iterations", ["x", "7"], "row 1 holds 'x'"),
+    ("evaluations", None, "it has the column 'iterations' but not 'evaluations'"),
+])
+def test_edited_iterations_or_evaluations_are_named(tmp_path, column, values, text):
+    folder = RunFolder(tmp_path, file_format="csv")
+    folder.open(_manifest())
+    path = folder.write_chunk(_counted_chunk(), NAMES)
+    _edit_csv(path, column, values)
+    table, problem = folder.check_chunk(0, NAMES, 2)
+    assert table is None and str(path) in problem and text in problem

@@ -18,9 +18,10 @@ import numpy as np
 import optax
 
 from kinabs._errors import BackendError
-from kinabs._losses import DEFAULT_TERMS
+from kinabs._losses import DEFAULT_RESIDUALS, DEFAULT_TERMS
+from kinabs._optim import Method, is_method
 from kinabs._options import AdjointOptions
-from kinabs._problem import FitProblem, TrainingProgram
+from kinabs._problem import CONVERGED, FitProblem, TrainingProgram
 from kinabs._stages import solve_stages
 from kinabs.backends.jax._program_cache import (
     cache_root,
@@ -53,8 +54,11 @@ def default_optimizer() -> optax.GradientTransformation:
 
 
 def check_optimizer(optimizer: Any) -> None:
-    """Raise BackendError unless ``optimizer`` is an optax transformation (the
-    ``Backend.check_optimizer`` of JAX, and the guard of every training program)."""
+    """Raise BackendError unless ``optimizer`` is an optax transformation or one of
+    kinabs' methods (the ``Backend.check_optimizer`` of JAX, and the guard of every
+    training program)."""
+    if is_method(optimizer):
+        return
     if not isinstance(optimizer, optax.GradientTransformation):
         hint = ""
         made_by = getattr(optimizer, "func", optimizer)  # a functools.partial's function
@@ -86,9 +90,22 @@ STAGE_NAMES = ("main", "stiff", "long")
 SENSITIVITIES = "sensitivities"
 
 
-def _value_and_grad(loss_one, forward: bool):
+def _value_and_grad(loss_one, forward: bool, residuals: bool = False):
     """value_and_grad with aux; forward-mode (jacfwd) for the 'forward' adjoint, whose
-    solver loops cannot be reverse-differentiated."""
+    solver loops cannot be reverse-differentiated. With ``residuals`` ``loss_one``
+    returns a residual vector, and the derivative is its Jacobian (jacfwd or jacrev)."""
+    if residuals:
+        def fr(theta, active):
+            r, status = loss_one(theta, active)
+            return r, (r, status)
+
+        jr = (jax.jacfwd if forward else jax.jacrev)(fr, has_aux=True)
+
+        def vj(theta, active):
+            jac, (r, status) = jr(theta, active)
+            return (r, status), jac
+
+        return vj
     if not forward:
         return jax.value_and_grad(loss_one, has_aux=True)
 
@@ -116,16 +133,32 @@ class JaxTrainingProgram(TrainingProgram):
         self.optimizer = optimizer
         self.chunk = CHUNK
         del n_iter  # the program serves every round length
+        #: kinabs' own method (LevenbergMarquardt, BFGS), or None for an optax optimiser
+        self.method: Method | None = optimizer if is_method(optimizer) else None
+        self.tests_convergence = self.method is not None
+        if self.method is not None:
+            optimizer_key = repr(self.method)
         self._optimizer_key = optimizer_key
+        n = len(problem.train_index)
+        self._lower = np.full(n, -np.inf) if problem.lower is None else problem.lower
+        self._upper = np.full(n, np.inf) if problem.upper is None else problem.upper
+        self._bounded = bool(np.isfinite(self._lower).any() or np.isfinite(self._upper).any())
+        #: whether evaluations are residual vectors with their Jacobian
+        self._residuals = self.method is not None and self.method.needs == "residuals"
+        forward_jac = self._residuals and self.method.forward_jacobian(
+            n, problem.n_residuals)
         with jax.enable_x64(True):
             # One program per stage of the solver policy; a start that a stage fails goes
             # on with the next, whose program is compiled only when some start needs it.
             stages = solve_stages(problem.solver, explicit_cap=AUTO_TRAIN_EXPLICIT_STEPS)
-            self._loss_fns = {name: self._make_loss(stage.method, stage.max_steps)
+            adjoint = AdjointOptions("forward") if forward_jac else None
+            self._loss_fns = {name: self._make_loss(stage.method, stage.max_steps, adjoint)
                               for name, stage in zip(STAGE_NAMES, stages)}
+            #: the solver stages, in order
+            self._stages = list(self._loss_fns)
             #: the stages whose gradient is forward-mode (jacfwd through diffrax.ForwardMode)
             self._forward: set[str] = set()
-            if problem.adjoint.method == "forward":
+            if problem.adjoint.method == "forward" or forward_jac:
                 self._forward.update(self._loss_fns)
             else:
                 # A finite loss with a NaN reverse-mode gradient: backpropagation goes
@@ -136,10 +169,12 @@ class JaxTrainingProgram(TrainingProgram):
                 # "auto" that is the explicit solver with every step allowed, also where
                 # max_steps is within the explicit cap and the last stage is implicit.
                 method = problem.solver.method
-                self._loss_fns[SENSITIVITIES] = self._make_loss(
-                    "nonstiff" if method == "auto" else method, problem.solver.max_steps,
-                    adjoint=AdjointOptions("forward"))
-                self._forward.add(SENSITIVITIES)
+                if self.method is None:
+                    # kinabs' methods reject a trial point with a NaN derivative instead
+                    self._loss_fns[SENSITIVITIES] = self._make_loss(
+                        "nonstiff" if method == "auto" else method, problem.solver.max_steps,
+                        adjoint=AdjointOptions("forward"))
+                    self._forward.add(SENSITIVITIES)
             #: compiled training chunks by (stage, batch size)
             self._runs: dict[tuple[str, int], Any] = {}
             #: compiled batched value_and_grad by stage (``value_and_grad``)
@@ -152,7 +187,8 @@ class JaxTrainingProgram(TrainingProgram):
         parts: list[Any] = [pb.system.generated.source, pb.system.generated.stoichiometry,
                             pb.base_parameters, pb.train_index, pb.space, repr(pb.solver),
                             repr(pb.adjoint), pb.loss_threshold, self.chunk, n,
-                            self._optimizer_key, which, AUTO_TRAIN_EXPLICIT_STEPS]
+                            self._optimizer_key, which, AUTO_TRAIN_EXPLICIT_STEPS,
+                            self._lower, self._upper]
         for e in pb.experiments:
             parts += [e.t0, e.times, e.values, e.output_index, e.y0, e.y0_mask, e.p_index,
                       e.p_values]
@@ -171,7 +207,12 @@ class JaxTrainingProgram(TrainingProgram):
             (leaves, jnp.asarray(budget, dtype=jnp.int32), jnp.asarray(probe, dtype=bool)),
             device)
         if (which, n) not in self._runs:
-            run = self._make_run(self._loss_fns[which], which in self._forward)
+            if self.method is not None:
+                stage = self._stages.index(which)
+                run = self._make_method_run(self._loss_fns[which], which in self._forward,
+                                            can_switch=stage < len(self._stages) - 1)
+            else:
+                run = self._make_run(self._loss_fns[which], which in self._forward)
 
             def flat(leaves, budget, probe, _treedef=treedef):
                 carry, losses = run(jax.tree.unflatten(_treedef, leaves), budget, probe)
@@ -217,6 +258,22 @@ class JaxTrainingProgram(TrainingProgram):
                                       max_steps=max_steps, adjoint=adjoint, active=active)
             return e["outputs"](ts, ys, k), status
 
+        if pb.loss is None and self._residuals:
+            residuals = DEFAULT_RESIDUALS[pb.space]
+            # the default loss divides by the number of measured values: a constant
+            scale = 1.0 / np.sqrt(max(1, sum(int(np.sum(e.mask)) for e in pb.experiments)))
+
+            def resid(theta, active):
+                p = base.at[tidx].set(to_linear(theta))
+                parts, status = [], jnp.asarray(0)
+                for e in exps:
+                    pred, st = predict(p, e, e["ts"], e["y0"], e["y0_mask"], active)
+                    parts.append(jnp.ravel(residuals(pred, e["obs"], e["mask"], jnp)))
+                    status = jnp.maximum(status, st)
+                return jnp.concatenate(parts) * scale, status
+
+            return resid
+
         if pb.loss is None:
             terms = DEFAULT_TERMS[pb.space]
 
@@ -238,9 +295,11 @@ class JaxTrainingProgram(TrainingProgram):
         custom = pb.loss
         species_state = pb.system.state_index
 
+        residual_vector = self._residuals
+
         def loss(theta, active):
             params = {n: theta[i] for i, n in enumerate(names)}
-            total, status = 0.0, jnp.asarray(0)
+            total, status, parts = 0.0, jnp.asarray(0), []
             for e, ea in zip(exps, pb.experiments):
                 statuses = []
                 # data rows as the seed hands them: first-row NaNs filled with start values
@@ -274,13 +333,20 @@ class JaxTrainingProgram(TrainingProgram):
                 else:
                     value = custom.fn(params, e["ts"], ys, **kwargs)
                 value = jnp.asarray(value)
-                if value.shape != ():
+                if custom.residuals:
+                    value = jnp.ravel(value)
+                    parts.append(value)
+                    value = jnp.sum(value * value)
+                elif value.shape != ():
                     raise BackendError(
-                        f"the custom loss must return a scalar; it returned shape {value.shape}."
-                    )
+                        f"the custom loss must return a scalar; it returned shape "
+                        f"{value.shape}. Wrap a loss that returns residuals in "
+                        "kinabs.ResidualLoss.")
                 total = total + value
                 for st in statuses:
                     status = jnp.maximum(status, st)
+            if residual_vector:
+                return jnp.concatenate(parts), status
             return total, status
 
         return loss
@@ -289,6 +355,8 @@ class JaxTrainingProgram(TrainingProgram):
     def _make_run(self, loss_fn, forward: bool):
         opt = self.optimizer
         vg = jax.vmap(_value_and_grad(loss_fn, forward))
+        bounded = self._bounded
+        lower, upper = jnp.asarray(self._lower), jnp.asarray(self._upper)
         threshold = self.problem.loss_threshold
         chunk = self.chunk
 
@@ -301,6 +369,8 @@ class JaxTrainingProgram(TrainingProgram):
             probe = jnp.where(probing, jnp.where(ok, loss, jnp.nan), probe)
             updates, new_state = jax.vmap(opt.update)(grad, opt_state, theta)
             new_theta = optax.apply_updates(theta, updates)
+            if bounded:
+                new_theta = jnp.clip(new_theta, lower, upper)
             do = live & ok
             if threshold is not None:
                 # a start whose loss is below the threshold stops at these parameters
@@ -333,6 +403,58 @@ class JaxTrainingProgram(TrainingProgram):
 
         return run
 
+    def _make_method_run(self, eval_fn, forward: bool, *, can_switch: bool):
+        """The compiled chunk of kinabs' own method: each iteration evaluates every live
+        start at its trial point (residuals and Jacobian, or loss and gradient) and hands
+        the values to the method. A failed evaluation rejects the trial point; it fails
+        the start only at its first point, or (``can_switch``) when the solver ran out of
+        steps and a later solver stage can take the start over."""
+        method = self.method
+        ev = jax.vmap(_value_and_grad(eval_fn, forward, self._residuals))
+        plain = jax.vmap(eval_fn)
+        lower, upper = jnp.asarray(self._lower), jnp.asarray(self._upper)
+        threshold = self.problem.loss_threshold
+        chunk = self.chunk
+        value_axes = (1,) if self._residuals else ()
+
+        def step(carry, i, budget):
+            theta, ms, status, stopped, probe = carry
+            live = (status == 0) & ~stopped & ~ms["converged"] & (i < budget)
+            (value, st), deriv = ev(ms["trial"], live)
+            finite = jnp.all(jnp.isfinite(value), axis=value_axes) & jnp.all(
+                jnp.isfinite(deriv), axis=tuple(range(1, deriv.ndim)))
+            ok = (st == 0) & finite
+
+            def residuals(points):
+                r, st2 = plain(points, live)
+                return r, (st2 == 0) & jnp.all(jnp.isfinite(r), axis=1)
+
+            new = method.update(ms, value, deriv, ok, lower, upper, jnp, _solve,
+                                residuals if self._residuals else None)
+            first = ~jnp.isfinite(ms["f"])
+            fail = live & ~ok & (first | ((st == 1) & can_switch))
+            go = live & ~fail
+            ms = jax.tree.map(
+                lambda n, o: jnp.where(go.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, ms)
+            if threshold is not None:
+                stopped = stopped | (go & (ms["f"] < threshold))
+            status = jnp.where(fail, jnp.where(st != 0, st, 4), status)
+            recorded = jnp.where(go & jnp.isfinite(ms["f"]), ms["f"], jnp.nan)
+            return (ms["x"], ms, status, stopped, probe), recorded
+
+        def run(carry, budget, probe_mask):
+            n = carry[0].shape[0]
+            last = jnp.max(budget)
+
+            def body(carry, i):
+                return jax.lax.cond(i < last, lambda c: step(c, i, budget),
+                                    lambda c: (c, jnp.full((n,), jnp.nan)), carry)
+
+            carry, losses = jax.lax.scan(body, carry, jnp.arange(chunk))
+            return carry, losses.T
+
+        return run
+
     def _scope(self) -> contextlib.ExitStack:
         """Around every call of the program: 64-bit floats, and kinabs' compilation cache
         (not only the chunk programs compile: the eager operations of init and reset do
@@ -342,11 +464,25 @@ class JaxTrainingProgram(TrainingProgram):
         stack.enter_context(persistent_compilation_cache(self._cache_root))
         return stack
 
+    def _n_residuals(self) -> int:
+        """Length of the residual vector (traced once for a custom residual loss)."""
+        if self.problem.loss is None:
+            return self.problem.n_residuals
+        fn = self._loss_fns[self._stages[0]]
+        shape = jax.ShapeDtypeStruct((len(self.problem.train_index),), jnp.float64)
+        return int(jax.eval_shape(lambda th: fn(th, True), shape)[0].shape[0])
+
+    def _init_opt(self, theta):
+        if self.method is not None:
+            m = self._n_residuals() if self._residuals else 0
+            return self.method.init(theta, jnp, m)
+        return jax.vmap(self.optimizer.init)(theta)
+
     # -- TrainingProgram API ------------------------------------------------------
     def init(self, theta):
         with self._scope():
             th = jnp.asarray(theta, dtype=jnp.float64)
-            opt_state = jax.vmap(self.optimizer.init)(th)
+            opt_state = self._init_opt(th)
             n = th.shape[0]
             carry = (th, opt_state, jnp.zeros(n, dtype=jnp.int32), jnp.zeros(n, dtype=bool),
                      jnp.full((n,), jnp.nan, dtype=jnp.float64))
@@ -410,7 +546,7 @@ class JaxTrainingProgram(TrainingProgram):
             th, opt_state, status, stopped, probe = state.carry
             m = jnp.asarray(mask)
             new_th = jnp.where(m[:, None], jnp.asarray(theta), th)
-            fresh = jax.vmap(self.optimizer.init)(new_th)
+            fresh = self._init_opt(new_th)
             opt_state = jax.tree.map(
                 lambda n, o: jnp.where(m.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
                 fresh, opt_state)
@@ -422,7 +558,16 @@ class JaxTrainingProgram(TrainingProgram):
         return np.asarray(state.carry[0])
 
     def status(self, state):
-        return np.asarray(state.carry[2])
+        status = np.array(state.carry[2])
+        if self.method is not None:
+            status[(status == 0) & np.asarray(state.carry[1]["converged"])] = CONVERGED
+        return status
+
+    def counts(self, state):
+        if self.method is None:
+            return None
+        ms = state.carry[1]
+        return np.asarray(ms["iterations"]), np.asarray(ms["evaluations"])
 
     def stopped(self, state):
         return np.asarray(state.carry[3])
@@ -430,6 +575,9 @@ class JaxTrainingProgram(TrainingProgram):
     def final_loss(self, state):
         """Loss at the current parameters of every member (a probing pass of the same
         compiled programs: no further compilation)."""
+        if self.method is not None:
+            f = np.array(state.carry[1]["f"])
+            return np.where(np.isfinite(f) & (np.asarray(state.carry[2]) == 0), f, np.nan)
         with self._scope():
             carry, mode = state.carry, state.mode
             n = mode.shape[0]
@@ -452,7 +600,10 @@ class JaxTrainingProgram(TrainingProgram):
         with self._scope():
             def batched(which):
                 if which not in self._vg_batched:
-                    vg = _value_and_grad(self._loss_fns[which], which in self._forward)
+                    fn = self._loss_fns[which]
+                    if self._residuals:
+                        fn = _sum_of_squares(fn)
+                    vg = _value_and_grad(fn, which in self._forward)
                     self._vg_batched[which] = jax.jit(jax.vmap(lambda th: vg(th, True)))
                 return self._vg_batched[which]
 
@@ -469,6 +620,19 @@ class JaxTrainingProgram(TrainingProgram):
                 loss[redo], status[redo], grad[redo] = (np.asarray(l2), np.asarray(s2),
                                                         np.asarray(g2))
         return loss, status, grad
+
+
+def _sum_of_squares(resid):
+    def loss(theta, active):
+        r, status = resid(theta, active)
+        return jnp.sum(r * r), status
+
+    return loss
+
+
+def _solve(a, b):
+    """Batched linear solve (B, n, n) x (B, n) -> (B, n) (NaN where singular)."""
+    return jnp.linalg.solve(a, b[..., None])[..., 0]
 
 
 class _State:

@@ -43,10 +43,10 @@ import numpy as np
 from kinabs._errors import DataError, KinabsError
 from kinabs._fit.dask import check_client, is_dask_client
 from kinabs._fit.loop import progress_bar, run_loop
-from kinabs._fit.results import TrainingResults
+from kinabs._fit.results import TrainingResults, status_kind
 from kinabs._fit.run_folder import ChunkTable, RunFolder, array_digest, assemble
 from kinabs._fit.spec import FitSpec
-from kinabs._problem import FIT_STATUS, TrainingProgram
+from kinabs._problem import FAILED, FIT_STATUS, TrainingProgram
 from kinabs._version import __version__
 
 __all__ = ["ChunkTask", "run_chunk", "run_chunked", "DEFAULT_CHUNK_SIZE"]
@@ -105,13 +105,14 @@ def _execute(spec: FitSpec, program: TrainingProgram, task: ChunkTask) -> ChunkT
     if task.pad_to > n:
         rows = np.concatenate([rows, np.repeat(rows[:1], task.pad_to - n, axis=0)])
     _, out = run_loop(program, rows, task.n_iter, space=spec.optim_space)
-    status = out.status[:n]
-    final_loss = np.where(status == 0, np.asarray(out.final_loss)[:n], np.nan)
+    status = np.asarray(out.status)[:n]
+    final_loss = np.where(np.isin(status, FAILED), np.nan, np.asarray(out.final_loss)[:n])
     return ChunkTable(index=task.index, first=task.first, initial=task.rows.copy(),
                       final=out.final[:n], loss_history=out.losses[:n],
                       status=tuple(FIT_STATUS.get(int(s), "failed") for s in status),
                       final_loss=final_loss, seconds=time.perf_counter() - t0,
-                      worker=_worker_name())
+                      worker=_worker_name(), iterations=np.asarray(out.iterations)[:n],
+                      evaluations=np.asarray(out.evaluations)[:n])
 
 
 def run_chunk(task: ChunkTask) -> ChunkTable:
@@ -470,7 +471,7 @@ def run_chunked(spec: FitSpec, start: np.ndarray, *, n_iter: int, seed: int | No
         if folder is not None:
             folder.write_chunk(table, names, run=run_id)
         tables[table.index] = table
-        if not any(s == "ok" for s in table.status):
+        if all(status_kind(s) == "failed" for s in table.status):
             all_failed.append(table.index)
             reasons = collections.Counter(table.status).most_common(1)[0][0]
             _note(f"chunk {table.index} (starts {table.first}-{table.first + table.n - 1}): "

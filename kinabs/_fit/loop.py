@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kinabs._problem import TrainingProgram
+from kinabs._problem import CONVERGED, FAILED, MAX_ITERATIONS, TrainingProgram
 
 __all__ = ["LoopOutcome", "run_loop", "progress_bar", "to_space", "from_space"]
 
@@ -40,6 +40,8 @@ class LoopOutcome:
     status: np.ndarray  # (N,) codes of kinabs._problem.FIT_STATUS
     final_loss: np.ndarray  # (N,)
     restarts: np.ndarray  # (N,) how often each start was resampled
+    iterations: np.ndarray  # (N,) steps taken this round (accepted steps)
+    evaluations: np.ndarray  # (N,) evaluations of loss and derivative this round
 
 
 def run_loop(program: TrainingProgram, start: Any, n_iter: int, *, space: str,
@@ -56,6 +58,7 @@ def run_loop(program: TrainingProgram, start: Any, n_iter: int, *, space: str,
     initial = np.array(start, dtype=np.float64)
     if state is None:
         state = program.init(to_space(initial, space))
+    counted = program.counts(state)
     losses = np.full((initial.shape[0], n_iter), np.nan)
     restarts = np.zeros(initial.shape[0], dtype=int)
     done = 0
@@ -71,16 +74,30 @@ def run_loop(program: TrainingProgram, start: Any, n_iter: int, *, space: str,
             seen = losses[:, :done]
             best = np.nanmin(seen) if np.isfinite(seen).any() else float("nan")
             note = {"ended": "every start stopped or failed"} if ended else {}
+            status = np.asarray(program.status(state))
+            if program.tests_convergence:
+                note = {"converged": f"{int(np.sum(status == CONVERGED))}/{status.size}",
+                        **note}
             bar.update(n)
             bar.set_postfix(best_loss=f"{best:.3e}", **note)
         if ended:
             break
     if bar is not None:
         bar.close()
+    status = np.array(program.status(state))
+    if program.tests_convergence:
+        status[status == 0] = MAX_ITERATIONS
+    after = program.counts(state)
+    if after is None:
+        iterations = evaluations = np.sum(np.isfinite(losses), axis=1)
+    else:
+        # a resampled start counts from its reset
+        iterations, evaluations = (np.where(restarts > 0, a, np.asarray(a) - np.asarray(b))
+                                   for a, b in zip(after, counted))
     return state, LoopOutcome(
         initial=initial, final=from_space(program.theta(state), space), losses=losses,
-        status=np.asarray(program.status(state)), final_loss=program.final_loss(state),
-        restarts=restarts)
+        status=status, final_loss=program.final_loss(state), restarts=restarts,
+        iterations=iterations.astype(np.int64), evaluations=evaluations.astype(np.int64))
 
 
 def _trains_on(program: TrainingProgram, state: Any) -> bool:
@@ -90,7 +107,7 @@ def _trains_on(program: TrainingProgram, state: Any) -> bool:
 
 def _replace_failed(program: TrainingProgram, state: Any, resample: Callable[[int], Any],
                     initial: np.ndarray, restarts: np.ndarray, space: str) -> Any:
-    failed = np.asarray(program.status(state)) != 0
+    failed = np.isin(np.asarray(program.status(state)), FAILED)
     if not failed.any():
         return state
     fresh = np.asarray(resample(int(failed.sum())), dtype=np.float64)

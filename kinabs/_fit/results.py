@@ -3,7 +3,8 @@
 :class:`TrainingResults` unpacks like the seed's return value
 (``optimized_parameters, loss_per_iteration = trainer.train()``) and carries the same
 data as tables: initial and final parameters per initialisation, the loss history
-(inits x iterations), the status of each initialisation and the best fit.
+(inits x iterations), the status of each initialisation, its iterations and evaluations
+and the best fit.
 """
 
 from __future__ import annotations
@@ -19,16 +20,37 @@ from kinabs._errors import DataError
 from kinabs._fit import plots
 from kinabs._fit.loop import LoopOutcome
 from kinabs._fit.spec import FitSpec
-from kinabs._problem import FIT_STATUS
+from kinabs._problem import CONVERGED, FAILED, FIT_STATUS, MAX_ITERATIONS
 
-__all__ = ["TrainingResults", "check_output_folder"]
+__all__ = ["TrainingResults", "check_output_folder", "status_kind", "STATUS_KINDS"]
+
+#: The kinds of status a start can end with: its status string is one of the first
+#: three, or a failure (``"failed: <reason>"``).
+STATUS_KINDS = (FIT_STATUS[0], FIT_STATUS[CONVERGED], FIT_STATUS[MAX_ITERATIONS], "failed")
+
+
+def status_kind(status: str) -> str:
+    """``"ok"``, ``"converged"`` or ``"max_iterations"`` for those statuses, ``"failed"`` for
+    every other one (``"failed: <reason>"``)."""
+    return status if status in STATUS_KINDS[:3] else "failed"
+
+
+def counts_from_history(loss_history: np.ndarray) -> np.ndarray:
+    """(N,) finite entries per row of a loss history: the iterations (and evaluations) of
+    results from before they were recorded, where every iteration was one step."""
+    return np.sum(np.isfinite(np.asarray(loss_history, dtype=float)), axis=1).astype(np.int64)
 
 
 @dataclass
 class TrainingResults:
     """Results of :meth:`kinabs.Trainer.train`, one row per start: initial and final
     parameters (linear values), the loss history (NaN after a start stopped or failed),
-    the status and the final loss; ``meta`` says what was fitted and how.
+    the status (``"ok"`` for first-order optimisers such as Adam, ``"converged"`` or
+    ``"max_iterations"`` for methods with convergence tests, or ``"failed: <reason>"``),
+    the final loss (NaN where a start failed), and the ``iterations`` (accepted steps) and
+    ``evaluations`` (of loss and derivative) each start took, over every round; ``meta``
+    says what was fitted and how. Results made without ``iterations``/``evaluations`` get
+    the finite entries of each row of the loss history for both.
 
     Example:
         >>> import tempfile, numpy as np, pandas as pd, kinabs
@@ -50,9 +72,19 @@ class TrainingResults:
     final_loss: np.ndarray  # (inits,) loss at the final parameters
     restarts: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    iterations: np.ndarray | None = None  # (inits,) accepted steps, summed over rounds
+    evaluations: np.ndarray | None = None  # (inits,) loss+derivative evaluations
     _state: Any = field(default=None, repr=False)
     _program: Any = field(default=None, repr=False)
     _trainer: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        n = np.shape(self.loss_history)[0]
+        for name in ("iterations", "evaluations"):
+            value = getattr(self, name)
+            if value is None:
+                value = counts_from_history(self.loss_history)
+            setattr(self, name, _counts(value, n, name))
 
     @classmethod
     def from_run(cls, spec: FitSpec, outcome: LoopOutcome, *, seconds: float,
@@ -62,7 +94,7 @@ class TrainingResults:
 
         names = list(spec.parameters)
         status = np.asarray(outcome.status)
-        final_loss = np.where(status == 0, outcome.final_loss, np.nan)
+        final_loss = np.where(np.isin(status, FAILED), np.nan, outcome.final_loss)
         meta = dict(model=spec.model.id, model_fingerprint=spec.model.fingerprint(),
                     backend=spec.backend, optim_space=spec.optim_space,
                     n_iter=int(outcome.losses.shape[1]), seconds=float(seconds),
@@ -72,7 +104,9 @@ class TrainingResults:
                    loss_history=np.asarray(outcome.losses, dtype=float),
                    status=[FIT_STATUS.get(int(s), "failed") for s in status],
                    final_loss=np.asarray(final_loss, dtype=float),
-                   restarts=np.asarray(outcome.restarts), meta=meta, _trainer=trainer)
+                   restarts=np.asarray(outcome.restarts), meta=meta, _trainer=trainer,
+                   iterations=np.asarray(outcome.iterations),
+                   evaluations=np.asarray(outcome.evaluations))
 
     # -- the seed's view ------------------------------------------------------------
     def __iter__(self):
@@ -102,12 +136,12 @@ class TrainingResults:
         return {k: float(v) for k, v in self.parameters.iloc[self.best_index].items()}
 
     def summary(self, top: int | None = 10):
-        """A table of the starts, best first: final loss, status, iterations run."""
+        """A table of the starts, best first (failed ones last): final loss, status,
+        iterations, evaluations, restarts (when known) and the final parameters."""
         import pandas as pd
 
-        ran = np.sum(np.isfinite(self.loss_history), axis=1)
         df = pd.DataFrame({"final_loss": self.final_loss, "status": self.status,
-                           "iterations": ran})
+                           "iterations": self.iterations, "evaluations": self.evaluations})
         if self.restarts is not None:
             df["restarts"] = self.restarts
         df = pd.concat([df, self.parameters], axis=1)
@@ -115,14 +149,24 @@ class TrainingResults:
         df = df.sort_values("final_loss", na_position="last")
         return df.head(top) if top else df
 
+    def status_counts(self) -> dict[str, int]:
+        """How many starts ended with each kind of status: ``{"ok": ..., "converged": ...,
+        "max_iterations": ..., "failed": ...}``."""
+        kinds = [status_kind(s) for s in self.status]
+        return {k: kinds.count(k) for k in STATUS_KINDS}
+
     def __repr__(self) -> str:
-        n_ok = sum(s == "ok" for s in self.status)
-        return (f"TrainingResults(inits={len(self.status)}, ok={n_ok}, "
+        counts = self.status_counts()
+        # the kinds of status that occur; "failed" always
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if v or k == "failed")
+        return (f"TrainingResults(inits={len(self.status)}, {shown}, "
                 f"iterations={self.loss_history.shape[1]}, best_loss={self.best_loss:.4g})")
 
     # -- rounds ---------------------------------------------------------------------------
     def join(self, later: TrainingResults) -> TrainingResults:
-        """This round followed by ``later`` (same starts): loss histories concatenated."""
+        """This round followed by ``later`` (same starts): loss histories concatenated,
+        iterations, evaluations and restarts summed; the status, final parameters and final
+        loss are the later round's."""
         if later.loss_history.shape[0] != self.loss_history.shape[0]:
             raise ValueError(f"cannot join results of {self.loss_history.shape[0]} and "
                              f"{later.loss_history.shape[0]} initialisations.")
@@ -134,7 +178,8 @@ class TrainingResults:
             restarts = self.restarts + later.restarts
         return replace(later, initial_parameters=self.initial_parameters, restarts=restarts,
                        loss_history=np.concatenate([self.loss_history, later.loss_history], 1),
-                       meta=meta)
+                       iterations=self.iterations + later.iterations,
+                       evaluations=self.evaluations + later.evaluations, meta=meta)
 
     # -- save / load ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -154,6 +199,7 @@ class TrainingResults:
         self.summary(top=None).to_csv(folder / "summary.csv")
         info = dict(self.meta, status=self.status, final_loss=[_num(x) for x in self.final_loss],
                     restarts=None if self.restarts is None else self.restarts.tolist(),
+                    iterations=self.iterations.tolist(), evaluations=self.evaluations.tolist(),
                     best_index=self.best_index, best_parameters=self.best_parameters)
         (folder / "results.json").write_text(json.dumps(info, indent=2))
         return folder
@@ -163,8 +209,11 @@ class TrainingResults:
         """Read results written by :meth:`save`. Every file is checked before it is
         trusted: ``results.json`` must be whole JSON with the keys :meth:`save` writes,
         and every table must hold one row per start (as many as ``results.json`` has
-        statuses), be whole (no row cut short) and hold numbers; a
-        :class:`~kinabs.DataError` names the file that is wrong."""
+        statuses), be whole (no row cut short) and hold numbers; ``iterations`` and
+        ``evaluations`` must be lists of non-negative integers, one per start; a
+        :class:`~kinabs.DataError` names the file that is wrong. Folders written before
+        iterations and evaluations were recorded load with both derived from the loss
+        history (its finite entries per start)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"results folder {folder} not found (or not a folder); give the "
@@ -201,6 +250,22 @@ class TrainingResults:
                     type(value).__name__
                 raise DataError(f"{path}: {key!r} must be a list of {n} numbers (one per "
                                 f"start, as 'status' has); got {got}.")
+        counts = {key: info.pop(key, None) for key in ("iterations", "evaluations")}
+        if (counts["iterations"] is None) != (counts["evaluations"] is None):
+            have, lack = ("iterations", "evaluations") if counts["evaluations"] is None \
+                else ("evaluations", "iterations")
+            raise DataError(f"{path} has {have!r} but not {lack!r}; TrainingResults.save "
+                            "writes both (folders from before either was recorded have "
+                            "neither). The file is damaged or edited; save the results again.")
+        for key, value in counts.items():
+            if value is None:
+                continue
+            if not isinstance(value, list) or len(value) != n or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value):
+                got = f"{len(value)} entries" if isinstance(value, list) and len(value) != n \
+                    else f"{_short(value)}"
+                raise DataError(f"{path}: {key!r} must be a list of {n} non-negative integers "
+                                f"(one per start, as 'status' has); got {got}.")
         for key in ("best_index", "best_parameters"):
             info.pop(key, None)
         parameters = _read_table(folder / "parameters.csv", n)
@@ -221,7 +286,8 @@ class TrainingResults:
                    loss_history=history.to_numpy(dtype=float), status=status,
                    final_loss=np.asarray([np.nan if x is None else x for x in final_loss],
                                          dtype=float),
-                   restarts=None if restarts is None else np.asarray(restarts), meta=info)
+                   restarts=None if restarts is None else np.asarray(restarts), meta=info,
+                   iterations=counts["iterations"], evaluations=counts["evaluations"])
 
     # -- plots ------------------------------------------------------------------------------
     def plot_loss(self, path: str | Path | None = None, *, ax: Any = None):
@@ -233,9 +299,46 @@ class TrainingResults:
         """Data points against the simulated curves of the best fit (or start ``index``)."""
         return plots.plot_fit(self, path=path, model=model, data=data, index=index)
 
+    def plot_waterfall(self, path: str | Path | None = None, *, ax: Any = None):
+        """The multi-start waterfall: the final losses sorted ascending against their rank
+        on a log scale, coloured by status (converged, max_iterations, ok); a dotted line
+        marks the best loss. Failed starts have no final loss: the title counts them, and
+        how many starts end within 1e-6 (relative) of the best loss, the sign of a fit
+        that many starts find. Writes a PNG if ``path``; returns the figure.
+
+        Example:
+            >>> import numpy as np, pandas as pd, kinabs
+            >>> r = kinabs.TrainingResults(parameters=pd.DataFrame({"k": [1.0, 2.0, 3.0]}),
+            ...     initial_parameters=pd.DataFrame({"k": [0.5, 3.0, 9.0]}),
+            ...     loss_history=np.array([[1.0, 0.1], [2.0, 0.1], [3.0, np.nan]]),
+            ...     status=["converged", "max_iterations", "failed: solver error"],
+            ...     final_loss=np.array([0.1, 0.1 + 1e-9, np.nan]))
+            >>> fig = r.plot_waterfall()
+            >>> fig.axes[0].get_title()
+            '2 of 3 starts within 1e-6 (relative) of the best loss; 1 failed'
+            >>> import matplotlib.pyplot as plt; plt.close(fig)
+        """
+        return plots.plot_waterfall(self, path=path, ax=ax)
+
 
 def _num(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _counts(value: Any, n: int, name: str) -> np.ndarray:
+    """``value`` as an (n,) int64 array of non-negative whole numbers (DataError if not)."""
+    arr = np.asarray(value)
+    ok = arr.shape == (n,) and (arr.dtype.kind in "iu" or (
+        arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))))
+    if not ok or (arr.size and arr.min() < 0):
+        raise DataError(f"{name} must be {n} non-negative whole numbers, one per start; got "
+                        f"{_short(value)} (shape {arr.shape}).")
+    return arr.astype(np.int64)
 
 
 #: The files :meth:`TrainingResults.save` writes.

@@ -38,20 +38,22 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kinabs._errors import RunFolderError
-from kinabs._fit.results import TrainingResults
+from kinabs._fit.results import TrainingResults, counts_from_history
 
 __all__ = ["RunFolder", "RunFolderError", "ChunkTable", "array_digest"]
 
 MANIFEST = "manifest.json"
 LOG = "log.jsonl"
 _FORMAT = 1
+#: The per-start counts a chunk file holds (files written before them lack both).
+COUNTS = ("iterations", "evaluations")
 #: Manifest keys that describe the fit. A folder whose manifest differs in any of them
 #: holds another fit (``created`` and ``run`` only say when and by whom).
 IDENTITY_KEYS = ("format", "kinabs_version", "model_id", "model_hash", "data_hash",
@@ -76,8 +78,11 @@ def array_digest(*parts: Any) -> str:
 class ChunkTable:
     """The results of one chunk of starts (rows ``first`` to ``first + n - 1``).
 
-    ``status`` holds strings (``"ok"`` or ``"failed: <reason>"``); ``final_loss`` is NaN
-    where a start failed."""
+    ``status`` holds strings (``"ok"``, ``"converged"``, ``"max_iterations"`` or
+    ``"failed: <reason>"``); ``final_loss`` is NaN where a start failed. ``iterations``
+    (accepted steps) and ``evaluations`` (of loss and derivative) are (n,) integers;
+    left out, both are the finite entries of each row of ``loss_history`` (as for chunk
+    files written before they were recorded)."""
 
     index: int
     first: int
@@ -88,6 +93,18 @@ class ChunkTable:
     final_loss: np.ndarray  # (n,)
     seconds: float = float("nan")
     worker: str = ""
+    iterations: np.ndarray | None = None  # (n,)
+    evaluations: np.ndarray | None = None  # (n,)
+    #: whether ``digest`` covers iterations and evaluations: False only for a table read
+    #: from a chunk file written before they were recorded (its digest does not)
+    counted: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "evaluations"):
+            value = getattr(self, name)
+            value = counts_from_history(self.loss_history) if value is None else \
+                np.asarray(value, dtype=np.int64)
+            object.__setattr__(self, name, value)
 
     @property
     def n(self) -> int:
@@ -98,24 +115,33 @@ class ChunkTable:
         run folder's fit, see :func:`fit_key`): stored in the chunk's file and checked
         when it is read, so a file changed after writing, copied over another chunk's
         or brought from another fit's folder is told apart. NaNs are hashed as one NaN:
-        a CSV round trip does not keep NaN payloads."""
+        a CSV round trip does not keep NaN payloads. Iterations and evaluations are
+        covered too (unless the table is from an older file that lacks them, see
+        ``counted``)."""
         def canonical(a: np.ndarray) -> np.ndarray:
             a = np.asarray(a, dtype=np.float64)
             return np.where(np.isnan(a), np.nan, a)
 
-        return array_digest(fit, int(self.index), int(self.first), canonical(self.initial),
-                            canonical(self.final), canonical(self.loss_history),
-                            tuple(self.status), canonical(self.final_loss),
-                            repr(float(self.seconds)), str(self.worker))
+        parts = [fit, int(self.index), int(self.first), canonical(self.initial),
+                 canonical(self.final), canonical(self.loss_history), tuple(self.status),
+                 canonical(self.final_loss), repr(float(self.seconds)), str(self.worker)]
+        if self.counted:
+            parts += [np.asarray(self.iterations, dtype=np.int64),
+                      np.asarray(self.evaluations, dtype=np.int64)]
+        return array_digest(*parts)
 
     def to_frame(self, names: list[str], fit: str = ""):
         import pandas as pd
 
+        if not self.counted:  # a file written now always carries its counts
+            return replace(self, counted=True).to_frame(names, fit)
         cols: dict[str, Any] = {
             "start": np.arange(self.first, self.first + self.n, dtype=np.int64),
             "chunk": np.full(self.n, self.index, dtype=np.int64),
             "digest": [self.digest(fit)] * self.n,
             "status": list(self.status), "final_loss": self.final_loss,
+            "iterations": np.asarray(self.iterations, dtype=np.int64),
+            "evaluations": np.asarray(self.evaluations, dtype=np.int64),
             "seconds": np.full(self.n, self.seconds), "worker": [self.worker] * self.n}
         cols.update({f"initial:{k}": self.initial[:, j] for j, k in enumerate(names)})
         cols.update({f"final:{k}": self.final[:, j] for j, k in enumerate(names)})
@@ -125,15 +151,41 @@ class ChunkTable:
 
     @classmethod
     def from_frame(cls, df, index: int, names: list[str], n_iter: int) -> ChunkTable:
+        """The table of a chunk file's frame (checked by :meth:`RunFolder.check_chunk`); a
+        frame without ``iterations`` and ``evaluations`` (an older file) gets them from its
+        losses."""
         def floats(prefix, keys):
             return df[[f"{prefix}:{k}" for k in keys]].to_numpy(dtype=np.float64)
 
+        counted = all(key in df.columns for key in COUNTS)
+        counts = {key: df[key].to_numpy(dtype=np.int64) if counted else None for key in COUNTS}
         return cls(index=index, first=int(df["start"].iloc[0]),
                    initial=floats("initial", names), final=floats("final", names),
                    loss_history=floats("loss", range(n_iter)),
                    status=tuple(str(s) for s in df["status"]),
                    final_loss=df["final_loss"].to_numpy(dtype=np.float64),
-                   seconds=float(df["seconds"].iloc[0]), worker=str(df["worker"].iloc[0]))
+                   seconds=float(df["seconds"].iloc[0]), worker=str(df["worker"].iloc[0]),
+                   counted=counted, **counts)
+
+
+def _bad_counts(df) -> str | None:
+    """What is wrong with a chunk frame's ``iterations`` and ``evaluations`` columns
+    (``None`` when both are there and hold non-negative whole numbers, or neither is: an
+    older file)."""
+    import pandas as pd
+
+    present = [key for key in COUNTS if key in df.columns]
+    if len(present) == 1:
+        (lack,) = set(COUNTS) - set(present)
+        return f"it has the column {present[0]!r} but not {lack!r}"
+    for key in present:
+        values = pd.to_numeric(df[key], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values) & (values == np.round(values)) & (values >= 0)):
+            row = int(np.argmin(np.isfinite(values) & (values == np.round(values))
+                                & (values >= 0)))
+            return (f"its column {key!r} must hold non-negative whole numbers (one per start); "
+                    f"row {row + 1} holds {_short(str(df[key].iloc[row]))}")
+    return None
 
 
 def fit_key(manifest: dict[str, Any] | None) -> str:
@@ -201,8 +253,9 @@ def _read_table(data: bytes, fmt: str):
 def _log_entry(index: int, df, data: bytes, **extra: Any) -> dict[str, Any]:
     """A chunk's log line, from its table and file contents: the same whether written with
     the file or recovered from it later."""
+    # "ok": the starts that did not fail (status ok, converged or max_iterations)
     return dict(chunk=index, first=int(df["start"].iloc[0]), n=len(df),
-                ok=int((df["status"] == "ok").sum()),
+                ok=int((~df["status"].astype(str).str.startswith("failed")).sum()),
                 seconds=_num(float(df["seconds"].iloc[0])), worker=str(df["worker"].iloc[0]),
                 sha256=hashlib.sha256(data).hexdigest()[:16], **extra)
 
@@ -422,6 +475,9 @@ class RunFolder:
                           f"has {n_iter}")
         if len(df) == 0:
             return None, f"{path} is damaged: it has no rows"
+        bad = _bad_counts(df)
+        if bad is not None:
+            return None, f"{path} is damaged or edited: {bad}"
         try:
             recorded = sorted({int(c) for c in df["chunk"]})
             starts = df["start"].to_numpy(dtype=np.int64)
@@ -517,7 +573,9 @@ def assemble(chunks: list[ChunkTable], names: list[str], meta: dict[str, Any]):
         loss_history=np.concatenate([c.loss_history for c in chunks]),
         status=[s for c in chunks for s in c.status],
         final_loss=np.concatenate([c.final_loss for c in chunks]),
-        restarts=np.zeros(initial.shape[0], dtype=int), meta=dict(meta))
+        restarts=np.zeros(initial.shape[0], dtype=int), meta=dict(meta),
+        iterations=np.concatenate([c.iterations for c in chunks]),
+        evaluations=np.concatenate([c.evaluations for c in chunks]))
 
 
 def _short(value: Any) -> str:

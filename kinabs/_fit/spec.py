@@ -25,19 +25,30 @@ import numpy as np
 from kinabs._backend import get_backend
 from kinabs._fit.data import TrainingData
 from kinabs._lowering.system import OdeSystem, as_system
+from kinabs._optim import BFGS, Bounds, LevenbergMarquardt, Method
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._problem import CustomLoss, ExperimentArrays, FitProblem, TrainingProgram
 
-__all__ = ["FitSpec"]
+__all__ = ["FitSpec", "default_method"]
+
+
+def default_method(loss: CustomLoss | None) -> Method:
+    """The Trainer's default optimiser: Levenberg-Marquardt on residuals (the default
+    loss, or a :class:`kinabs.ResidualLoss`), BFGS on a custom loss that returns a scalar
+    (see the README's "Optimisers" section for the measurements behind it)."""
+    if loss is None or loss.residuals:
+        return LevenbergMarquardt()
+    return BFGS()
 
 
 @dataclass(frozen=True)
 class FitSpec:
     """A picklable, backend-neutral description of a fit.
 
-    ``optimizer`` is ``None`` for the backend's default (which the backend may cache
-    programs for); ``loss`` is ``None`` for the default loss of ``optim_space``. The
-    fields are taken as given: the Trainer has checked them.
+    ``optimizer`` is ``None`` for the default (:func:`default_method`); ``loss`` is
+    ``None`` for the default loss of ``optim_space``; ``bounds`` maps parameter names to
+    (lower, upper) linear values. The fields are taken as given: the Trainer has checked
+    them.
     """
 
     model: Any  # kinabs.Model
@@ -50,6 +61,7 @@ class FitSpec:
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(max_steps=4096))
     adjoint: AdjointOptions = field(default_factory=AdjointOptions)
     loss_threshold: float | None = None
+    bounds: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def system(self) -> OdeSystem:
@@ -68,7 +80,10 @@ class FitSpec:
                 output_index=np.asarray([system.output_index[k] for k in keys]),
                 y0=y0, y0_mask=y0_mask, p_index=p_index, p_values=p_values,
                 species=e.species))
+        box = Bounds.from_mapping({n: (lo, hi) for n, lo, hi in self.bounds},
+                                  list(self.parameters), space=self.optim_space)
         return FitProblem(
+            lower=box.lower, upper=box.upper,
             system=system, experiments=tuple(experiments),
             base_parameters=system.parameter_vector(),
             train_index=np.asarray([system.parameter_index[n] for n in self.parameters]),
@@ -78,7 +93,5 @@ class FitSpec:
     def program(self, n_iter: int = 1) -> TrainingProgram:
         """The backend's compiled training program (it serves rounds of any length)."""
         backend = get_backend(self.backend)
-        if self.optimizer is None:
-            return backend.training_program(self.problem(), backend.default_optimizer(),
-                                            n_iter, optimizer_key="default")
-        return backend.training_program(self.problem(), self.optimizer, n_iter)
+        optimizer = default_method(self.loss) if self.optimizer is None else self.optimizer
+        return backend.training_program(self.problem(), optimizer, n_iter)

@@ -23,13 +23,14 @@ from kinabs._backend import get_backend, resolve_backend_name
 from kinabs._errors import DataError
 from kinabs._fit.data import TrainingData, check_constrains
 from kinabs._fit.executor import check_chunk_size, run_chunked
-from kinabs._fit.loop import progress_bar, run_loop
+from kinabs._fit.loop import progress_bar, run_loop, to_space
 from kinabs._fit.results import TrainingResults
 from kinabs._fit.sampling import latin_hypercube
-from kinabs._fit.spec import FitSpec
+from kinabs._fit.spec import FitSpec, default_method
 from kinabs._lowering.system import as_system
+from kinabs._optim import Bounds, is_method
 from kinabs._options import AdjointOptions, SolverOptions, adjoint_options, solver_options
-from kinabs._problem import CustomLoss, FitProblem, TrainingProgram
+from kinabs._problem import CustomLoss, FitProblem, ResidualLoss, TrainingProgram
 
 __all__ = ["Trainer", "exponentiate_parameters", "log_transform_parameters"]
 
@@ -73,6 +74,17 @@ def log_transform_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in params.items()}
 
 
+def _check_method_loss(optimizer: Any, loss: CustomLoss | None) -> None:
+    """A least-squares method needs residuals: a scalar custom loss is an error."""
+    if (is_method(optimizer) and optimizer.needs == "residuals" and loss is not None
+            and not loss.residuals):
+        raise DataError(
+            f"{type(optimizer).__name__} fits residuals, but the custom loss "
+            f"{getattr(loss.fn, '__name__', loss.fn)!r} returns a scalar. Use "
+            "optimizer=kinabs.BFGS() for a scalar loss, or return the residuals and pass "
+            "loss=kinabs.ResidualLoss(fn).")
+
+
 class Trainer:
     """Fit a model's parameters to data from many starting points at once.
 
@@ -85,11 +97,18 @@ class Trainer:
         backend: ``"jax"`` (default) or ``"torch"``.
         optim_space: ``"log"`` (default; parameters optimised as log2 values, with the
             seed's mean-centred loss) or ``"linear"`` (mean squared error).
-        optimizer: an optax GradientTransformation on JAX, a torch.optim class or factory
-            on torch. Default: AdaBelief, learning rate 1e-3, updates clipped to global norm
-            log(4) (the seed's default).
+        optimizer: :class:`kinabs.LevenbergMarquardt` or :class:`kinabs.BFGS` (kinabs'
+            own, on every backend, with convergence tests), an optax GradientTransformation
+            on JAX, or a torch.optim class or factory on torch. Default:
+            Levenberg-Marquardt for the default loss and for a :class:`kinabs.ResidualLoss`,
+            BFGS for a custom loss that returns a scalar. ``n_iter`` caps the evaluations
+            of each start; a start that converges stops early (status ``"converged"``).
+            The seed's optimiser is ``get_backend("jax").default_optimizer()``.
         loss: a custom loss ``fn(params, ts, ys, [model], **loss_kwargs)`` (see
-            :class:`kinabs._problem.CustomLoss`); ``None`` takes the default of the space.
+            :class:`kinabs._problem.CustomLoss`), or a :class:`kinabs.ResidualLoss` whose
+            function returns residuals; ``None`` takes the default of the space.
+        bounds: box bounds ``{name: (lower, upper)}`` in linear values (-inf/inf or 0 in
+            log space for no bound), respected by every optimiser; starts must lie within.
         parameters: names of the parameters to fit (default: the model's kinetic
             parameters, ``trainer.parameters``).
         solver: :class:`kinabs.SolverOptions` (default: ``method="auto"``, rtol 1e-8, atol
@@ -113,9 +132,11 @@ class Trainer:
         ...                                          lower_bound=0.5, upper_bound=2, N=2, seed=0)
         >>> optimized_parameters, loss_per_iteration = trainer.train()
         >>> loss_per_iteration.shape, trainer.results.status
-        ((2, 3), ['ok', 'ok'])
-        >>> trainer.train(resume=trainer.results).loss_history.shape
-        (2, 6)
+        ((2, 3), ['max_iterations', 'max_iterations'])
+        >>> trainer.n_iter = 40
+        >>> again = trainer.train(resume=trainer.results)
+        >>> again.loss_history.shape, again.status
+        ((2, 43), ['converged', 'converged'])
     """
 
     def __init__(
@@ -135,6 +156,7 @@ class Trainer:
         loss_threshold: float | None = None,
         resample_failed: bool = False,
         progress: bool = True,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ):
         self._program = None
         self._program_key = None
@@ -157,13 +179,13 @@ class Trainer:
         self.parameters: list[str] = names
         self.solver = solver_options(solver, SolverOptions(max_steps=4096))
         self.adjoint = adjoint_options(adjoint, AdjointOptions())
-        self._optimizer_key = "default" if optimizer is None else None
-        self.optimizer = optimizer if optimizer is not None else self._backend.default_optimizer()
-        self._default_optimizer = self.optimizer if optimizer is None else None
-        self._backend.check_optimizer(self.optimizer)
         self._loss: CustomLoss | None = None
         if loss is not None:
             self._create_loss_func(loss, **dict(loss_kwargs or {}))
+        self._optimizer: Any = None
+        self.optimizer = optimizer
+        self._bounds_given: dict[str, tuple[float, float]] = {}
+        self.bounds = bounds
         if loss_threshold is not None and not loss_threshold > 0:
             raise DataError(f"loss_threshold must be positive or None; got {loss_threshold!r}.")
         self.loss_threshold = loss_threshold
@@ -207,6 +229,33 @@ class Trainer:
 
     # -- options that may change between rounds -----------------------------------
     @property
+    def optimizer(self) -> Any:
+        """The optimiser; the default (``None`` assigned) follows the loss:
+        Levenberg-Marquardt on residuals, BFGS on a scalar custom loss."""
+        return default_method(self._loss) if self._optimizer is None else self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Any) -> None:
+        if optimizer is not None:
+            self._backend.check_optimizer(optimizer)
+            _check_method_loss(optimizer, self._loss)
+        self._optimizer = optimizer
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """Box bounds ``{name: (lower, upper)}`` (linear values) of the fitted parameters."""
+        return dict(self._bounds_given)
+
+    @bounds.setter
+    def bounds(self, bounds: Mapping[str, tuple[float, float]] | None) -> None:
+        Bounds.from_mapping(bounds, self.parameters, space=self.optim_space)  # checks
+        self._bounds_given = {k: (float(lo), float(hi))
+                              for k, (lo, hi) in dict(bounds or {}).items()}
+
+    def _box(self) -> Bounds:
+        return Bounds.from_mapping(self._bounds_given, self.parameters, space=self.optim_space)
+
+    @property
     def n_iter(self) -> int:
         return self._n_iter
 
@@ -223,11 +272,19 @@ class Trainer:
 
     @loss.setter
     def loss(self, fn: Callable[..., Any] | None) -> None:
-        self._loss = None if fn is None else CustomLoss(fn)
+        if fn is None:
+            self._loss = None
+        else:
+            self._create_loss_func(fn)
 
     def _create_loss_func(self, loss_func: Callable[..., Any], **kwargs: Any) -> CustomLoss:
         """Set a custom loss with extra keyword arguments (the seed's spelling)."""
-        self._loss = CustomLoss(loss_func, dict(kwargs))
+        if isinstance(loss_func, ResidualLoss):
+            loss = CustomLoss(loss_func.fn, dict(kwargs), residuals=True)
+        else:
+            loss = CustomLoss(loss_func, dict(kwargs))
+        _check_method_loss(getattr(self, "_optimizer", None), loss)
+        self._loss = loss
         return self._loss
 
     @property
@@ -296,9 +353,9 @@ class Trainer:
         return FitSpec(
             model=self.model, data=self.data, parameters=tuple(self.parameters),
             backend=self.backend_name, optim_space=self.optim_space,
-            optimizer=None if self._optimizer_is_default() else self.optimizer,
-            loss=self._loss, solver=self.solver, adjoint=self.adjoint,
-            loss_threshold=self.loss_threshold)
+            optimizer=self._optimizer, loss=self._loss, solver=self.solver,
+            adjoint=self.adjoint, loss_threshold=self.loss_threshold,
+            bounds=tuple((k, lo, hi) for k, (lo, hi) in self._bounds_given.items()))
 
     def _problem(self) -> FitProblem:
         """The fit's arrays (the conformance checks hand them to their reference)."""
@@ -307,16 +364,13 @@ class Trainer:
     def _get_program(self) -> TrainingProgram:
         """The training program of the current options (rebuilt when one changed)."""
         # the model and data setters also drop the program; their ids are a second guard
-        key = (id(self.optimizer), self._loss, self.optim_space, self.solver, self.adjoint,
+        key = (id(self._optimizer), self._loss, self.optim_space, self.solver, self.adjoint,
                self.loss_threshold, tuple(self.parameters), id(self._model), id(self._data),
-               id(self.system))
+               id(self.system), tuple(self._bounds_given.items()))
         if self._program is None or self._program_key != key:
             self._program = self._fit_spec().program(self._n_iter)
             self._program_key = key
         return self._program
-
-    def _optimizer_is_default(self) -> bool:
-        return self._optimizer_key is not None and self._default_optimizer is self.optimizer
 
     def train(self, resume: TrainingResults | None = None, *, executor: Any = None,
               chunk_size: int | None = None, run_dir: str | os.PathLike[str] | None = None,
@@ -357,6 +411,9 @@ class Trainer:
         else:
             raise DataError("no initial parameter sets: call trainer.latinhypercube_sampling("
                             "...) or assign trainer.parameter_sets first.")
+        _check_method_loss(self._optimizer, self._loss)
+        self._box().check(to_space(np.asarray(start, dtype=float), self.optim_space),
+                          self.parameters)
         if executor is not None or chunk_size is not None or run_dir is not None:
             result = self._train_chunked(start, executor=executor, chunk_size=chunk_size,
                                          run_dir=run_dir, retries=retries)
