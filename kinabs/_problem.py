@@ -17,7 +17,8 @@ import numpy as np
 from kinabs._errors import DataError
 
 __all__ = ["ExperimentArrays", "FitProblem", "TrainingProgram", "CustomLoss", "ResidualLoss",
-           "FIT_STATUS", "FAILED", "CONVERGED", "MAX_ITERATIONS"]
+           "FIT_STATUS", "FAILED", "CONVERGED", "MAX_ITERATIONS", "STATUS_KINDS",
+           "status_kind"]
 
 #: Status of one initialisation during a fit.
 FIT_STATUS = {
@@ -144,6 +145,17 @@ class FitProblem:
     def n_residuals(self) -> int:
         """Length of the default loss's residual vector (every (time, species) cell)."""
         return int(sum(e.values.size for e in self.experiments))
+
+
+#: The kinds of status a start can end with: its status string is one of the first
+#: three, or a failure (``"failed: <reason>"``).
+STATUS_KINDS = (FIT_STATUS[0], FIT_STATUS[CONVERGED], FIT_STATUS[MAX_ITERATIONS], "failed")
+
+
+def status_kind(status: str) -> str:
+    """``"ok"``, ``"converged"`` or ``"max_iterations"`` for those statuses, ``"failed"`` for
+    every other one (``"failed: <reason>"``)."""
+    return status if status in STATUS_KINDS[:3] else "failed"
 
 
 class TrainingProgram(ABC):

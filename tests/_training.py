@@ -21,7 +21,9 @@ SOLVER = kinabs.SolverOptions(max_steps=20_000)
 
 def seed_trainer(model, backend: str, n_iter: int = 30, **kwargs) -> kinabs.Trainer:
     """The tutorial on ``backend``: base parameters all ones, bounds 1/10 and 10, three
-    starts (seeded)."""
+    starts (seeded), and the seed's first-order optimiser (AdaBelief) unless another is
+    given: these tests check the seed's workflow, iteration by iteration."""
+    kwargs.setdefault("optimizer", kinabs.get_backend(backend).default_optimizer())
     trainer = kinabs.Trainer(model=model, data=kinabs.example_data_path(), n_iter=n_iter,
                              backend=backend, progress=False, **kwargs)
     trainer.latinhypercube_sampling({p: 1.0 for p in trainer.parameters}, lower_bound=1 / 10,

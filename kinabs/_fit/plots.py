@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from kinabs._fit.data import TrainingData
+from kinabs._problem import status_kind
 from kinabs._simulate import simulate
 
 __all__ = ["plot_loss", "plot_fit", "plot_waterfall"]
@@ -44,7 +45,6 @@ def plot_loss(results: Any, *, path: str | Path | None = None, ax: Any = None):
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-    from kinabs._fit.results import status_kind
 
     hist = results.loss_history
     for i in range(hist.shape[0]):
@@ -100,7 +100,6 @@ def plot_waterfall(results: Any, *, path: str | Path | None = None, ax: Any = No
     and counted in the title."""
     from matplotlib.ticker import MaxNLocator
 
-    from kinabs._fit.results import status_kind
 
     plt = _pyplot()
     fig = None

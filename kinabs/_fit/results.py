@@ -20,19 +20,9 @@ from kinabs._errors import DataError
 from kinabs._fit import plots
 from kinabs._fit.loop import LoopOutcome
 from kinabs._fit.spec import FitSpec
-from kinabs._problem import CONVERGED, FAILED, FIT_STATUS, MAX_ITERATIONS
+from kinabs._problem import FAILED, FIT_STATUS, STATUS_KINDS, status_kind
 
 __all__ = ["TrainingResults", "check_output_folder", "status_kind", "STATUS_KINDS"]
-
-#: The kinds of status a start can end with: its status string is one of the first
-#: three, or a failure (``"failed: <reason>"``).
-STATUS_KINDS = (FIT_STATUS[0], FIT_STATUS[CONVERGED], FIT_STATUS[MAX_ITERATIONS], "failed")
-
-
-def status_kind(status: str) -> str:
-    """``"ok"``, ``"converged"`` or ``"max_iterations"`` for those statuses, ``"failed"`` for
-    every other one (``"failed: <reason>"``)."""
-    return status if status in STATUS_KINDS[:3] else "failed"
 
 
 def counts_from_history(loss_history: np.ndarray) -> np.ndarray:

@@ -216,6 +216,8 @@ class Bounds:
                             f"parameters are {names[:30]}.")
         for name, pair in bounds.items():
             try:
+                if isinstance(pair, (str, bytes)):
+                    raise TypeError
                 lo, hi = (float(v) for v in pair)
             except (TypeError, ValueError):
                 raise DataError(f"bounds[{name!r}] must be a pair (lower, upper) of numbers; "
