@@ -8,7 +8,15 @@ The semantics are those of the JAX program (``kinabs.backends.jax._train``):
   status code (:data:`kinabs._problem.FIT_STATUS`) and does not disturb the others;
 * a member whose loss falls below ``loss_threshold`` stops, keeping the parameters that
   met it;
-* the loss of an inactive member is recorded as NaN.
+* the loss of an inactive member is recorded as NaN;
+* with box bounds (``FitProblem.lower``/``upper``) the parameters of the members that
+  stepped are clipped into the box after each step.
+
+kinabs' own methods (:class:`kinabs.LevenbergMarquardt`, :class:`kinabs.BFGS`) run their
+backend-neutral iterations instead (``_methods``): one evaluation per iteration at each
+live start's trial point, residuals with their Jacobian (``_jacobian``) or loss and
+gradient; the method handles the bounds, rejects failed trial points and tests
+convergence (status 5). Their state is a dict of batched tensors, no torch.optim object.
 
 Each initialisation is its own parameter tensor of shape (R,), so that every optimiser
 state (moments, step counts, per-tensor quantities) is per start, as ``jax.vmap`` makes
@@ -38,6 +46,7 @@ import copy
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,11 +54,25 @@ import array_api_compat.torch as xp
 import numpy as np
 import torch
 
-from kinabs._errors import BackendError
-from kinabs._losses import DEFAULT_TERMS
+from kinabs._errors import BackendError, DataError
+from kinabs._losses import DEFAULT_RESIDUALS, DEFAULT_TERMS
+from kinabs._optim import Method, is_method
 from kinabs._problem import FitProblem, TrainingProgram
 from kinabs._stages import solve_stages
+from kinabs.backends.torch._jacobian import (
+    forward_jacobian,
+    forward_jacobian_rows,
+    reverse_jacobian,
+    reverse_jacobian_rows,
+)
 from kinabs.backends.torch._lowered import lowered
+from kinabs.backends.torch._methods import (
+    MethodState,
+    init_state,
+    method_status,
+    method_step,
+    reset_state,
+)
 from kinabs.backends.torch._simulate import solve, torch_solver, uses_backsolve
 from kinabs.backends.torch._solvers import TorchDiffEq
 
@@ -167,8 +190,11 @@ def make_optimizer(factory: Any, params: list[torch.Tensor]) -> torch.optim.Opti
 
 
 def check_optimizer(optimizer: Any) -> None:
-    """Raise BackendError unless ``optimizer`` is a torch.optim optimizer class or a
-    factory ``f(list_of_parameters) -> torch.optim.Optimizer``."""
+    """Raise BackendError unless ``optimizer`` is one of kinabs' methods
+    (:class:`kinabs.LevenbergMarquardt`, :class:`kinabs.BFGS`), a torch.optim optimizer
+    class or a factory ``f(list_of_parameters) -> torch.optim.Optimizer``."""
+    if is_method(optimizer):
+        return
     module = type(optimizer).__module__ or ""
     if module.startswith("optax") or (hasattr(optimizer, "init") and hasattr(optimizer, "update")
                                       and not callable(optimizer)):
@@ -244,6 +270,42 @@ class TorchTrainingProgram(TrainingProgram):
         ]
         self._log_space = pb.space == "log"
         self._loss_batch = (self._default_loss if pb.loss is None else self._custom_loss)
+        n = len(pb.train_index)
+        lower = np.full(n, -np.inf) if pb.lower is None else np.asarray(pb.lower, np.float64)
+        upper = np.full(n, np.inf) if pb.upper is None else np.asarray(pb.upper, np.float64)
+        #: box bounds (n,) in the optimisation space (+-inf where a parameter is free);
+        #: ``_bounded``: whether any is finite
+        self._bounded = bool(np.isfinite(lower).any() or np.isfinite(upper).any())
+        self._lower, self._upper = tensor(lower), tensor(upper)
+        #: kinabs' own method (LevenbergMarquardt, BFGS), or None for a torch.optim one
+        self.method: Method | None = optimizer if is_method(optimizer) else None
+        self.tests_convergence = self.method is not None
+        self._forward_jacobian = False
+        #: whether evaluations are residual vectors with their Jacobian
+        self._residuals = self.method is not None and self.method.needs == "residuals"
+        #: a custom residual loss's vector length (found at the first init)
+        self._custom_count: int | None = None
+        if self._residuals:
+            if pb.loss is not None and not pb.loss.residuals:
+                raise DataError(
+                    f"{type(self.method).__name__} needs residuals, and the custom loss "
+                    "returns a scalar: wrap a function that returns the residuals in "
+                    "kinabs.ResidualLoss, or use kinabs.BFGS() for a scalar loss.")
+            # forward mode on the default loss's expanded batch; a custom loss is evaluated
+            # per start, where forward mode costs one solve per parameter and reverse mode
+            # one solve and a backward pass per residual (3x faster measured, see
+            # _jacobian), so "auto" takes reverse mode there. torchdiffeq's solvers
+            # have no forward mode (custom autograd Functions without jvp).
+            auto = self.method.jacobian == "auto"
+            self._forward_jacobian = (
+                self.method.forward_jacobian(n, pb.n_residuals)
+                and not (auto and pb.loss is not None)
+                and not isinstance(method, TorchDiffEq))
+        #: the residual vector's length of the default loss, and its scale: the default
+        #: loss divides the sum of squares by the number of measured values
+        self._n_residuals = pb.n_residuals
+        self._residual_scale = 1.0 / math.sqrt(max(1, sum(int(np.sum(e.mask))
+                                                           for e in pb.experiments)))
 
     # -- the loss of a batch of initialisations -----------------------------------
     def _to_linear(self, theta: torch.Tensor) -> torch.Tensor:
@@ -280,6 +342,23 @@ class TorchTrainingProgram(TrainingProgram):
             sse, count, status = sse + a, count + b, np.maximum(status, st)
         return sse / count, status
 
+    def _default_residuals(self, theta: torch.Tensor):
+        """The default loss's residual vectors (B, m) of ``theta`` (B, R) and the solve
+        status (B,): every experiment's (time, species) residuals, flattened and
+        concatenated, divided by the square root of the number of measured values (the
+        sum of their squares is the default loss)."""
+        residuals = DEFAULT_RESIDUALS[self.problem.space]
+        p = self._params(self._to_linear(theta))
+        parts = []
+        status = np.zeros(theta.shape[0], dtype=np.int64)
+        for e in self._exps:
+            pred, st = self._predict(p, e, e["ts"], e["y0"], e["y0_mask"])
+            # elementwise in pred: the data's scales broadcast over the batch
+            r = residuals(pred, e["obs"], e["mask"], xp)
+            parts.append(r.reshape(r.shape[0], -1))
+            status = np.maximum(status, st)
+        return torch.cat(parts, dim=1) * self._residual_scale, status
+
     def _custom_loss(self, theta: torch.Tensor):
         """The user's loss, called once per start and experiment (as JAX's vmap does);
         each ``model(...)`` call is a solve of that one start."""
@@ -291,11 +370,31 @@ class TorchTrainingProgram(TrainingProgram):
         return torch.stack(values), np.asarray(statuses, dtype=np.int64)
 
     def _custom_one(self, theta: torch.Tensor):
+        """The custom loss of one start (R,): (scalar, status); for a residual loss the
+        sum of the squared residuals."""
+        values, status = self._custom_values(theta)
+        if self.problem.loss.residuals:
+            r = torch.cat(values) if values else theta.new_zeros((0,))
+            return (r * r).sum(), status
+        total = torch.zeros((), dtype=_DTYPE, device=_DEVICE)
+        for value in values:
+            total = total + value
+        return total, status
+
+    def _custom_residuals_one(self, theta: torch.Tensor):
+        """A residual loss's vector of one start (R,): the flattened arrays it returns
+        for each experiment, concatenated; and the solve status."""
+        values, status = self._custom_values(theta)
+        return (torch.cat(values) if values else theta.new_zeros((0,))), status
+
+    def _custom_values(self, theta: torch.Tensor):
+        """What the custom loss returns for each experiment (scalars, or flattened residual
+        arrays for a residual loss) for one start (R,), and the worst solve status."""
         pb = self.problem
         custom = pb.loss
         names = pb.train_names
         params = {n: theta[i] for i, n in enumerate(names)}
-        total = torch.zeros((), dtype=_DTYPE, device=_DEVICE)
+        values: list[torch.Tensor] = []
         status = 0
         for e, ea in zip(self._exps, pb.experiments):
             statuses: list[int] = []
@@ -334,13 +433,16 @@ class TorchTrainingProgram(TrainingProgram):
                     "on the torch backend a custom loss must return a torch tensor (write it "
                     f"with torch operations); it returned {type(value).__name__}."
                 )
-            if value.shape != ():
+            if custom.residuals:
+                value = value.reshape(-1)
+            elif value.shape != ():
                 raise BackendError(f"the custom loss must return a scalar; it returned shape "
-                                   f"{tuple(value.shape)}.")
+                                   f"{tuple(value.shape)}. Wrap a loss that returns "
+                                   "residuals in kinabs.ResidualLoss.")
             _check_tensor(value, "the custom loss's value")
-            total = total + value
+            values.append(value)
             status = max([status, *statuses])
-        return total, status
+        return values, status
 
     def _value_and_grad(self, params: list[torch.Tensor], members: np.ndarray):
         """Loss, solve status and gradient of ``members`` (indices into ``params``); the
@@ -360,6 +462,81 @@ class TorchTrainingProgram(TrainingProgram):
         ok = ((status == 0) & finite.cpu().numpy()
               & torch.isfinite(grads).all(dim=1).cpu().numpy())
         return loss.detach().cpu().numpy(), status, grads, ok
+
+    def _residuals_and_jacobian(self, theta: torch.Tensor):
+        """Residuals (B, m), solve status (B,) and Jacobian (B, m, R) at ``theta``
+        (B, R), by the mode ``LevenbergMarquardt.jacobian`` asks for (see ``_jacobian``);
+        reverse mode from the first time forward mode meets an operation without a
+        forward derivative (with a warning)."""
+        if self._forward_jacobian:
+            try:
+                return self._jacobian(theta)
+            except (NotImplementedError, RuntimeError) as exc:
+                if not (isinstance(exc, NotImplementedError) or "forward AD" in str(exc)):
+                    raise
+                warnings.warn(
+                    f"forward-mode derivatives are not available for this fit on torch "
+                    f"({exc}); taking the Jacobian by reverse mode instead.",
+                    RuntimeWarning, stacklevel=2)
+                self._forward_jacobian = False
+        return self._jacobian(theta)
+
+    def _jacobian(self, theta: torch.Tensor):
+        if self.problem.loss is None:
+            if self._forward_jacobian:
+                return forward_jacobian(self._default_residuals, theta)
+            return reverse_jacobian(self._default_residuals, theta, self._n_residuals)
+        if self._forward_jacobian:
+            return forward_jacobian_rows(self._custom_residuals_one, theta)
+        return reverse_jacobian_rows(self._custom_residuals_one, theta)
+
+    def _evaluate(self, trial: torch.Tensor):
+        """What the method needs at ``trial`` (B, R): (value, derivative, status, ok)."""
+        if self.method.needs == "residuals":
+            r, status, jac = self._residuals_and_jacobian(trial)
+            finite = (torch.isfinite(r).all(dim=1)
+                      & torch.isfinite(jac).all(dim=2).all(dim=1)).cpu().numpy()
+            return r, jac, status, (status == 0) & finite
+        params = [row.detach().clone().requires_grad_(True) for row in trial]
+        loss, status, grads, ok = self._value_and_grad(params, np.arange(len(params)))
+        value = torch.as_tensor(loss, dtype=_DTYPE, device=_DEVICE)
+        return value, grads, status, ok
+
+    def _residuals_only(self, points: torch.Tensor):
+        """The residuals alone (no derivative) at ``points`` (B, R), and whether each
+        evaluation succeeded: (r (B, m), ok (B,)) tensors (least-squares methods' extra
+        evaluations)."""
+        with torch.no_grad():
+            if self.problem.loss is None:
+                r, status = self._default_residuals(points)
+            else:
+                rows = [self._custom_residuals_one(p) for p in points]
+                r = torch.stack([row for row, _ in rows]) if rows else points.new_zeros(
+                    (0, self._custom_count or 0))
+                status = np.asarray([st for _, st in rows], dtype=np.int64)
+        ok = torch.as_tensor(status == 0, device=_DEVICE) & torch.isfinite(r).all(dim=1)
+        return r, ok
+
+    def _residual_count(self, theta: torch.Tensor) -> int:
+        """Length of the residual vector of a least-squares method (0 for other methods):
+        the default loss's (every (time, species) cell), or a custom residual loss's
+        (found by evaluating it once, at the first start ``theta[0]`` seen, and kept)."""
+        if not self._residuals:
+            return 0
+        if self.problem.loss is None:
+            return self._n_residuals
+        if self._custom_count is None:
+            if not theta.shape[0]:
+                return 0
+            with torch.no_grad():
+                self._custom_count = int(self._custom_residuals_one(theta[0])[0].numel())
+        return self._custom_count
+
+    def _method_step(self, state: MethodState) -> np.ndarray:
+        bounds = (self._lower, self._upper) if self._bounded else (None, None)
+        return method_step(self.method, state, self._evaluate, *bounds,
+                           self.problem.loss_threshold,
+                           self._residuals_only if self._residuals else None)
 
     # -- one iteration --------------------------------------------------------------
     def _step(self, state: _State) -> np.ndarray:
@@ -388,6 +565,8 @@ class TorchTrainingProgram(TrainingProgram):
                     norm = torch.linalg.vector_norm(delta, dim=1, keepdim=True)
                     clipped = before + (delta / norm) * self._clip
                     after = torch.where(norm < self._clip, after, clipped)
+                if self._bounded:
+                    after = torch.clamp(after, self._lower, self._upper)
                 after = torch.where(keep, before, after)
                 for i, p in enumerate(state.params):
                     p.copy_(after[i])
@@ -411,6 +590,9 @@ class TorchTrainingProgram(TrainingProgram):
     # -- TrainingProgram API ----------------------------------------------------------
     def init(self, theta):
         th = np.asarray(theta, dtype=np.float64)
+        if self.method is not None:
+            start = torch.tensor(th, dtype=_DTYPE, device=_DEVICE)
+            return init_state(self.method, start, self._residual_count(start))
         params = [torch.tensor(row, dtype=_DTYPE, device=_DEVICE, requires_grad=True)
                   for row in th]
         n = th.shape[0]
@@ -418,6 +600,12 @@ class TorchTrainingProgram(TrainingProgram):
                       np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
 
     def run(self, state, n_iter):
+        if self.method is not None:
+            state = state.copy()
+            losses = np.full((state.status.shape[0], n_iter), np.nan)
+            for j in range(n_iter):
+                losses[:, j] = self._method_step(state)
+            return state, losses
         state = self._copy(state)
         losses = np.full((len(state.params), n_iter), np.nan)
         for j in range(n_iter):
@@ -425,8 +613,12 @@ class TorchTrainingProgram(TrainingProgram):
         return state, losses
 
     def reset(self, state, mask, theta):
-        state = self._copy(state)
         th = np.asarray(theta, dtype=np.float64)
+        if self.method is not None:
+            start = torch.tensor(th, dtype=_DTYPE, device=_DEVICE)
+            return reset_state(self.method, state, np.asarray(mask, dtype=bool), start,
+                               self._residual_count(start))
+        state = self._copy(state)
         with torch.no_grad():
             for i in np.flatnonzero(np.asarray(mask)):
                 p = state.params[i]
@@ -438,17 +630,33 @@ class TorchTrainingProgram(TrainingProgram):
         return state
 
     def theta(self, state):
+        if self.method is not None:
+            return state.method["x"].cpu().numpy().copy()
         return state.theta().cpu().numpy()
 
     def status(self, state):
+        if self.method is not None:
+            return method_status(state)
         return state.status.copy()
+
+    def counts(self, state):
+        """(iterations, evaluations) of each start for kinabs' methods (None otherwise)."""
+        if self.method is None:
+            return None
+        return (state.method["iterations"].cpu().numpy().copy(),
+                state.method["evaluations"].cpu().numpy().copy())
 
     def stopped(self, state):
         return state.stopped.copy()
 
     def final_loss(self, state):
         """Loss at the current parameters of every member (NaN where it fails). Failed
-        members are not solved again: the Trainer reports no final loss for them."""
+        members are not solved again: the Trainer reports no final loss for them. For
+        kinabs' methods: the loss at the accepted point, as the method holds it (no
+        solve)."""
+        if self.method is not None:
+            f = state.method["f"].cpu().numpy()
+            return np.where(np.isfinite(f) & (state.status == 0), f, np.nan)
         out = np.full(len(state.params), np.nan)
         members = np.flatnonzero(state.status == 0)
         if members.size:

@@ -7,7 +7,9 @@ Transtrum and Sethna's method for sloppy models (arXiv:1201.5885): the velocity
 the residuals along ``v``, costs one extra evaluation of the residuals alone at
 ``x + h v``. The step ``v + a/2`` follows the curved valleys that plain Gauss-Newton
 steps leave; a step whose acceleration is large against its velocity
-(``2|a| > alpha |v|``) is not tried, and the damping grows instead. Damping: divided by 3
+(``2|a| > alpha |v|``) falls back to the plain damped step ``v``, and the damping grows.
+(The probe point ``x + h v`` is not projected onto the bounds: the model is evaluated a
+tenth of a step beyond them at most.) Damping: divided by 3
 after an accepted step, doubled after a rejected one.
 """
 
@@ -87,10 +89,12 @@ def lm_update(opts: Any, s: dict[str, Any], r: Any, J: Any, ok: Any, lower: Any,
     r_vv = xp.where(ok_h[:, None], r_vv, 0.0)
     a = _damped_solve(J_k, -(Jt @ r_vv[..., None])[..., 0], lam, free, xp, solve)
     curved = ~ok_h | (2.0 * norm(a, xp) > _ALPHA * norm(v, xp))
+    # a large acceleration (or, at the data's floor, one made of solver noise): the plain
+    # damped step, with more damping for the next one
     lam = xp.where(curved & xp.isfinite(f_new), lam * _UP, lam)
-    step = xp.where(curved[:, None], 0.0, v + 0.5 * a)
+    step = xp.where(curved[:, None], v, v + 0.5 * a)
     trial_new = project(x_new + step, lower, upper, xp)
-    stalled = xp.isfinite(f_new) & ~curved & step_small(trial_new - x_new, x_new, opts.xtol, xp)
+    stalled = xp.isfinite(f_new) & step_small(trial_new - x_new, x_new, opts.xtol, xp)
     converged = s["converged"] | small_fall | short | flat | exact | stalled
     return dict(x=x_new, trial=trial_new, f=f_new, r=r_k, J=J_k, lam=lam,
                 converged=converged, iterations=s["iterations"] + xp.astype(stepped, xp.int64),
