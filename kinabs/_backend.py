@@ -107,7 +107,10 @@ class Backend(ABC):
 
     @abstractmethod
     def default_optimizer(self) -> Any:
-        """The default optimiser (the seed's AdaBelief with clipped updates)."""
+        """The seed's first-order optimiser in this backend's form (AdaBelief, learning rate
+        1e-3, updates clipped to a global norm of log 4). Not the Trainer's default any
+        more (that is :class:`kinabs.LevenbergMarquardt`, on every backend): pass it as
+        ``optimizer=`` to train as the seed does."""
 
     @abstractmethod
     def check_optimizer(self, optimizer: Any) -> None:

@@ -38,7 +38,7 @@ def serine_report():
     """The true parameters and 20 Latin hypercube sets, both spaces, all three opinions
     (finite-difference reference gradients at the true parameters and two sets)."""
     return kinabs.check_conformance(SERINE, SERINE_DATA, parameter_sets=20, seed=0,
-                                    train_iterations=0)
+                                    train_iterations=0, method_iterations=0)
 
 
 def test_serine_backends_and_reference_agree(serine_report):
@@ -87,6 +87,13 @@ def test_serine_training_50_iterations_both_spaces():
         np.testing.assert_allclose(float(row.torch), float(row.jax), rtol=1e-4)
     assert 0 < float(rows["training (log"].jax) < 1e-2
     assert "50 it" in rows["training (log"].check
+    # Levenberg-Marquardt, written once for both backends: the same iterates
+    its = {r.check.split(",")[0]: r for r in report.rows if r.check.startswith("iterates")}
+    assert set(its) == {"iterates (log", "iterates (linear"}
+    for row in its.values():
+        assert row.verdict == "agree", row
+        assert row.tolerance == 1e-6 and row.largest_difference < 1e-6
+        assert "10 it" in row.check
 
 
 # -- the reference on its own ----------------------------------------------------------------

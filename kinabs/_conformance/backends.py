@@ -27,7 +27,8 @@ from kinabs._backend import get_backend
 from kinabs._fit.trainer import Trainer
 from kinabs._simulate import simulate
 
-__all__ = ["trajectories", "loss_and_gradient", "adam_training", "adam_optimizer"]
+__all__ = ["trajectories", "loss_and_gradient", "adam_training", "adam_optimizer",
+           "method_training"]
 
 
 def trajectories(backend: str, system: Any, data: Any, parameters: np.ndarray, *,
@@ -47,6 +48,9 @@ def trajectories(backend: str, system: Any, data: Any, parameters: np.ndarray, *
 
 def _trainer(backend: str, model: Any, data: Any, *, space: str, parameters: Sequence[str],
              solver: Any, optimizer: Any = None, n_iter: int = 1):
+    if optimizer is None:
+        # the loss and gradient as a first-order iteration takes them (reverse mode)
+        optimizer = get_backend(backend).default_optimizer()
     return Trainer(model=model, data=data, n_iter=n_iter, backend=backend, optim_space=space,
                    parameters=list(parameters), solver=solver, optimizer=optimizer,
                    progress=False)
@@ -81,3 +85,20 @@ def adam_training(backend: str, model: Any, data: Any, starts: np.ndarray, *, sp
     tr.parameter_sets = pd.DataFrame(np.asarray(starts), columns=list(parameters))
     res = tr.train()
     return np.asarray(res.loss_history, dtype=np.float64), list(res.status)
+
+
+def method_training(backend: str, model: Any, data: Any, starts: np.ndarray, *, space: str,
+                    parameters: Sequence[str], solver: Any, method: Any,
+                    n_iter: int) -> tuple[np.ndarray, list[str]]:
+    """The iterate (N, R) in the optimisation space after ``n_iter`` evaluations of
+    kinabs' ``method`` (written once for every backend: the backends must agree on it
+    up to their solvers' accuracy) from ``starts`` (N, R) linear values, and the
+    statuses."""
+    import pandas as pd
+
+    tr = _trainer(backend, model, data, space=space, parameters=parameters, solver=solver,
+                  optimizer=method, n_iter=n_iter)
+    tr.parameter_sets = pd.DataFrame(np.asarray(starts), columns=list(parameters))
+    res = tr.train()
+    final = res.parameters[list(parameters)].to_numpy(dtype=np.float64)
+    return (np.log2(final) if space == "log" else final), list(res.status)

@@ -70,6 +70,7 @@ from kinabs._fit.trainer import Trainer
 from kinabs._losses import mean_centered_scale
 from kinabs._lowering.system import as_system
 from kinabs._model import Model
+from kinabs._optim import LevenbergMarquardt
 from kinabs._options import SolverOptions
 from kinabs._problem import ExperimentArrays, FitProblem
 from kinabs.sbml import load_sbml
@@ -101,7 +102,7 @@ class ConformanceTolerances:
     Example:
         >>> import kinabs
         >>> kinabs.ConformanceTolerances(loss_rtol=1e-8)
-        ConformanceTolerances(loss_rtol=1e-08, gradient_rtol=0.0001, trajectory_factor=10.0, training_rtol=0.0001)
+        ConformanceTolerances(loss_rtol=1e-08, gradient_rtol=0.0001, trajectory_factor=10.0, training_rtol=0.0001, iterates_atol=1e-06)
         >>> kinabs.ConformanceTolerances(gradient_rtol=0)
         Traceback (most recent call last):
             ...
@@ -112,9 +113,11 @@ class ConformanceTolerances:
     gradient_rtol: float = 1e-4
     trajectory_factor: float = 10.0
     training_rtol: float = 1e-4
+    iterates_atol: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("loss_rtol", "gradient_rtol", "trajectory_factor", "training_rtol"):
+        for name in ("loss_rtol", "gradient_rtol", "trajectory_factor", "training_rtol",
+                     "iterates_atol"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"ConformanceTolerances.{name} must be a positive number; "
@@ -371,6 +374,7 @@ def check_conformance(
     reference: bool = True,
     reference_gradient_sets: int | None = 3,
     train_iterations: int = 50,
+    method_iterations: int = 10,
     learning_rate: float = 1e-2,
     training_starts: int | None = None,
     times: Any = None,
@@ -399,6 +403,10 @@ def check_conformance(
             skips it); starts are the first ``training_starts`` Latin hypercube sets
             (``None``: all). In linear space the learning rate is multiplied by the
             smallest start value (the same rate on both backends).
+        method_iterations: evaluations of :class:`kinabs.LevenbergMarquardt` from the
+            same starts (``0`` skips it); the backends' iterates must agree within
+            ``tolerances.iterates_atol`` in the optimisation space (log2 units in log
+            space).
 
     Returns:
         a :class:`ConformanceReport` (``.ok``, ``.table()``, ``.to_json(path)``).
@@ -559,6 +567,28 @@ def check_conformance(
                        tol.training_rtol, dict(unsupported), "start")
             failed = {tuple(x != "ok" for x in v) for v in statuses.values()}
             if len(failed) > 1 and row.verdict == "agree":
+                row = row.replace(verdict="disagree", detail="the starts' statuses differ: "
+                                  + "; ".join(f"{k} {v}" for k, v in statuses.items()))
+            rows.append(row)
+    if method_iterations > 0 and len(backends) > 1:
+        method = LevenbergMarquardt()
+        for space in spaces:
+            iterates: dict[str, Any] = {}
+            statuses = {}
+            for b in backends:
+                out = _run_backend(b, unsupported, opinions.method_training, st.system,
+                                   st.data, st.train_starts, space=space,
+                                   parameters=st.parameters, solver=training_solver,
+                                   method=method, n_iter=method_iterations)
+                if out is not None:
+                    iterates[b], statuses[b] = out
+            shown = {k: float(np.max(np.abs(v))) for k, v in iterates.items()}
+            row = _row(f"iterates ({space}, Levenberg-Marquardt, {method_iterations} it)",
+                       iterates, shown,
+                       lambda a, b: np.max(np.where(np.isnan(a) & np.isnan(b), 0.0,
+                                                    np.abs(a - b)), axis=-1),
+                       tol.iterates_atol, dict(unsupported), "start")
+            if len({tuple(v) for v in statuses.values()}) > 1 and row.verdict == "agree":
                 row = row.replace(verdict="disagree", detail="the starts' statuses differ: "
                                   + "; ".join(f"{k} {v}" for k, v in statuses.items()))
             rows.append(row)

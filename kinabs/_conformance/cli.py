@@ -35,6 +35,9 @@ def add_conformance_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--space", choices=("log", "linear", "both"), default="both")
     c.add_argument("--lower", type=float, default=0.5, help="lower bound factor (0.5)")
     c.add_argument("--upper", type=float, default=2.0, help="upper bound factor (2)")
+    c.add_argument("--method-iterations", type=int, default=10,
+                   help="Levenberg-Marquardt evaluations whose iterates the backends must "
+                   "share (0 skips the check)")
     c.add_argument("--train-iterations", type=int, default=50,
                    help="Adam iterations of the training check (0 skips it)")
     c.add_argument("--learning-rate", type=float, default=1e-2)
@@ -62,6 +65,7 @@ def run_conformance(args: argparse.Namespace) -> int:
     report = check_conformance(
         args.model, data, parameter_sets=args.parameter_sets, seed=args.seed, spaces=spaces,
         lower_bound=args.lower, upper_bound=args.upper, train_iterations=args.train_iterations,
+        method_iterations=args.method_iterations,
         learning_rate=args.learning_rate, reference=not args.no_reference,
         reference_gradient_sets=args.reference_gradient_sets,
         solver=kinabs.SolverOptions(rtol=args.rtol, atol=args.rtol / 100, max_steps=100_000))

@@ -95,8 +95,9 @@ class LevenbergMarquardt(Method):
     all five starts reach the data's floor (7.4e-12) within 100 iterations, against one
     of five without it. The Jacobian comes
     from forward-mode sensitivities (``jacobian="forward"``), reverse mode
-    (``"reverse"``), or by the shape of the problem (``"auto"``: forward where the fitted
-    parameters are fewer than the measured values).
+    (``"reverse"``), or by the shape of the problem (``"auto"``: forward unless the
+    fitted parameters outnumber the residuals by more than the backend's measured
+    crossover: 4 on JAX, 1 on torch).
 
     A start has converged when an accepted step lowers the loss by at most ``ftol`` of
     its value, when a step is shorter than ``xtol * (xtol + |x|)``, or when the largest
@@ -129,10 +130,14 @@ class LevenbergMarquardt(Method):
             raise DataError(f"LevenbergMarquardt.jacobian must be one of {_JACOBIANS}; got "
                             f"{self.jacobian!r}.")
 
-    def forward_jacobian(self, n_parameters: int, n_residuals: int) -> bool:
-        """Whether the Jacobian is taken by forward-mode sensitivities."""
+    def forward_jacobian(self, n_parameters: int, n_residuals: int,
+                         crossover: float = 1.0) -> bool:
+        """Whether the Jacobian is taken by forward-mode sensitivities: as asked, or
+        (``"auto"``) where the parameters are at most ``crossover`` times the residuals;
+        each backend measures its own crossover (a reverse pass costs more than a
+        tangent)."""
         if self.jacobian == "auto":
-            return n_parameters <= n_residuals
+            return n_parameters <= crossover * n_residuals
         return self.jacobian == "forward"
 
     def init(self, x, xp, n_residuals=0):
