@@ -126,6 +126,25 @@ def test_compressed_files_are_checked_and_still_load(tmp_path, suffix, compress)
         kinabs.load_sbml(bad)
 
 
+def test_a_compression_bomb_is_refused_before_libsbml_reads_it(tmp_path, monkeypatch):
+    """3 MiB of whitespace inside a valid model compress to a few KiB; with the limit at
+    2 MiB the file is refused, naming the limit and how to raise it; at 4 MiB it loads."""
+    text = kinabs.example_model_path().read_text()
+    head, tail = text.split("<model", 1)
+    path = tmp_path / "bomb.xml.gz"
+    path.write_bytes(gzip.compress((head + " " * (3 << 20) + "<model" + tail).encode()))
+    assert path.stat().st_size < 64 << 10
+    monkeypatch.setenv("KINABS_MAX_SBML_MB", "2")
+    with pytest.raises(SBMLError, match=r"more than 2 MiB of SBML text after decompression.*"
+                                        r"KINABS_MAX_SBML_MB"):
+        kinabs.load_sbml(path)
+    monkeypatch.setenv("KINABS_MAX_SBML_MB", "4")
+    assert set(kinabs.load_sbml(path).reactions) == {"PDH", "PSA", "PSP"}
+    monkeypatch.setenv("KINABS_MAX_SBML_MB", "lots")
+    with pytest.raises(SBMLError, match="KINABS_MAX_SBML_MB must be a positive number"):
+        kinabs.load_sbml(path)
+
+
 def test_corrupt_gzip_is_an_sbml_error(tmp_path):
     path = tmp_path / "m.xml.gz"
     path.write_bytes(gzip.compress(b"<sbml/>")[:-12] + b"garbage!")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import os
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -42,11 +43,30 @@ from xml.parsers import expat
 
 from kinabs._errors import SBMLError
 
-__all__ = ["MAX_XML_DEPTH", "check_xml_file", "check_xml_text"]
+__all__ = ["MAX_XML_DEPTH", "MAX_SBML_MB", "check_xml_file", "check_xml_text"]
 
 #: The deepest element nesting kinabs passes on to libsbml (see the module docstring).
 MAX_XML_DEPTH = 256
+#: The most SBML text (MiB, after decompression) a file may hold, unless the environment
+#: variable ``KINABS_MAX_SBML_MB`` says otherwise. The largest models of the field are tens
+#: of MiB (Froehlich 2018, 1,200 species: under 10 MiB); libsbml holds several times a
+#: file's size in memory, and a compressed "bomb" of a few KiB can unpack to gigabytes.
+MAX_SBML_MB = 256
 _CHUNK = 1 << 16
+
+
+def _limit_mb() -> float:
+    text = os.environ.get("KINABS_MAX_SBML_MB", "")
+    if not text:
+        return float(MAX_SBML_MB)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise SBMLError(f"KINABS_MAX_SBML_MB must be a positive number of MiB; got {text!r}. "
+                        f"Unset it for the default ({MAX_SBML_MB}).")
+    return value
 
 
 class _Scan:
@@ -147,9 +167,21 @@ def check_xml_file(path: Path, name: str) -> None:
     """:func:`check_xml_text` for a file, read in chunks (``.gz``, ``.bz2`` and ``.zip``
     decompressed on the fly, as libsbml reads them)."""
     scan = _Scan(name)
+    limit = _limit_mb()
+    size = 0
     try:
         with _open(path) as f:
             while chunk := f.read(_CHUNK):
+                size += len(chunk)
+                if size > limit * (1 << 20):
+                    packed = " after decompression" if path.suffix in (".gz", ".bz2",
+                                                                        ".zip") else ""
+                    raise SBMLError(
+                        f"{name} holds more than {limit:g} MiB of SBML text{packed}; kinabs "
+                        "reads at most that much (libsbml needs several times a file's size "
+                        "in memory, and a small compressed file can unpack to gigabytes). "
+                        "If the model really is that large, raise the limit with the "
+                        "environment variable KINABS_MAX_SBML_MB.")
                 scan.feed(chunk)
             scan.feed(b"", final=True)
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
