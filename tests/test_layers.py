@@ -118,6 +118,8 @@ def test_the_circle_finder_finds_a_circle():
     ("kinabs._fit", "kinabs._conformance"), ("kinabs.backends", "kinabs._fit"),
     ("kinabs.backends", "kinabs._conformance"), ("kinabs.backends", "kinabs.sbml"),
     ("kinabs.backends", "kinabs._simulate"), ("kinabs._model", "kinabs._lowering"),
+    ("kinabs._optim", "kinabs._fit"), ("kinabs._optim", "kinabs.backends"),
+    ("kinabs._optim", "kinabs._lowering"), ("kinabs._optim", "kinabs.sbml"),
 ])
 def test_layers_import_only_downwards(lower, upper):
     bad = [(m, sorted(t for t in ts if t == upper or t.startswith(upper + ".")))

