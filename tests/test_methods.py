@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from array_api_compat import array_namespace
 
 import kinabs
 from kinabs import DataError
-from tests._training import refuse_training_programs
+from tests._training import mean_centred_residuals, refuse_training_programs
 
 STARTS = "benchmarks/serine_starts.csv"
 
@@ -77,19 +76,8 @@ def test_bounds_hold_on_every_optimiser(model, backend):
     assert (r.parameters["PSP.kcatB"].to_numpy() <= bound * (1 + 1e-12)).all()
 
 
-def _residuals(params, ts, ys, model):
-    """The default loss's residuals written as a custom residual loss."""
-    xp = array_namespace(ys)
-    pred = model(ts, ys[0, :], kinabs.exponentiate_parameters(params))
-    mask = ~xp.isnan(ys)
-    obs = xp.where(mask, ys, 0.0)
-    count = xp.sum(xp.where(mask, 1.0, 0.0), axis=0)
-    scale = xp.sum(xp.where(mask, obs + 1.0, 0.0), axis=0) / count
-    return xp.where(mask, (pred - obs) / scale, 0.0) / xp.sqrt(xp.sum(count))
-
-
 def test_a_residual_loss_fits_as_the_default_does(model, backend):
-    trainer = _trainer(model, backend, n_iter=4, loss=kinabs.ResidualLoss(_residuals))
+    trainer = _trainer(model, backend, n_iter=4, loss=kinabs.ResidualLoss(mean_centred_residuals))
     trainer.parameter_sets = _bench_starts([0])
     custom = trainer.train()
     trainer.loss = None
@@ -99,7 +87,7 @@ def test_a_residual_loss_fits_as_the_default_does(model, backend):
 
 def test_bfgs_takes_a_scalar_custom_loss(model, backend):
     def loss(params, ts, ys, model):
-        return (_residuals(params, ts, ys, model) ** 2).sum()
+        return (mean_centred_residuals(params, ts, ys, model) ** 2).sum()
 
     trainer = _trainer(model, backend, n_iter=6, loss=loss)
     assert isinstance(trainer.optimizer, kinabs.BFGS)  # the default for a scalar loss
