@@ -23,6 +23,7 @@ from kinabs._conformance.cli import add_conformance_parser
 from kinabs._errors import DataError, KinabsError
 from kinabs._fit.results import SAVED_FILES, check_output_folder
 from kinabs._paths import example_data_path, example_model_path
+from kinabs.petab._cli import add_parser as add_petab_parser
 
 __all__ = ["main"]
 
@@ -195,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_simulate)
 
     add_conformance_parser(sub)
+    add_petab_parser(sub)
     return p
 
 
