@@ -323,9 +323,10 @@ def _adjoint_source(h: _Hoisted) -> str:
 def _stack(exprs: list, outs: list[str]) -> str:
     """Stacking printed ``outs`` along a new last axis: one ``torch.stack`` call when
     every expression depends on the state (so all have the state's batch shape), else
-    ``ops.stack``, which broadcasts numbers and constant-only columns first."""
-    if all(any(s.name.startswith("@y") for s in sympy.sympify(e).free_symbols)
-           for e in exprs):
+    ``ops.stack``, which broadcasts numbers and constant-only columns first (and makes
+    the empty stack of a right-hand side that depends on no state)."""
+    if exprs and all(any(s.name.startswith("@y") for s in sympy.sympify(e).free_symbols)
+                     for e in exprs):
         return f"ops.stack_full([{', '.join(outs)}])"
     return f"ops.stack([{', '.join(outs)}], like=y.tensor)"
 
