@@ -85,6 +85,20 @@ def _both(model, times, **kw):
 
 # -- agreement with JAX and with analytic solutions -----------------------------------
 @pytest.mark.parametrize("method", ["stiff", "nonstiff", "auto"])
+def test_a_state_free_right_hand_side_solves(method):
+    """A constant production ``-> A`` at rate k: A = 1 + k t (the Rosenbrock solver's
+    generated Jacobian-vector step once crashed on an empty stack here)."""
+    b = kinabs.ModelBuilder("source")
+    b.species("A", initial_concentration=1.0)
+    b.parameter("k", 0.5)
+    b.reaction("make", "-> A", rate="k")
+    times = np.array([0.0, 1.0, 2.0])
+    res = kinabs.simulate(b.build(), times, backend="torch",
+                          solver=kinabs.SolverOptions(method=method))
+    np.testing.assert_allclose(res.values[0, :, 0], 1.0 + 0.5 * times, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["stiff", "nonstiff", "auto"])
 def test_decay_matches_analytic(method):
     times = np.array([0.0, 0.5, 1.0, 1.0, 4.0])
     opts = kinabs.SolverOptions(method=method, rtol=1e-10, atol=1e-12)
