@@ -47,10 +47,15 @@ def enable_compilation_cache() -> Path | None:
     return cache_root()
 
 
+_SEED_OPTIMIZER = optax.chain(optax.adabelief(1e-3),
+                              optax.clip_by_global_norm(float(np.log(4.0))))
+
+
 def default_optimizer() -> optax.GradientTransformation:
     """The seed's default: AdaBelief (learning rate 1e-3), then updates clipped to a global
-    norm of log(4)."""
-    return optax.chain(optax.adabelief(1e-3), optax.clip_by_global_norm(float(np.log(4.0))))
+    norm of log(4). Always the same object, which the training program recognises and
+    caches on disk (an optax transformation has no other name it could be keyed by)."""
+    return _SEED_OPTIMIZER
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -144,6 +149,8 @@ class JaxTrainingProgram(TrainingProgram):
         self.tests_convergence = self.method is not None
         if self.method is not None:
             optimizer_key = repr(self.method)
+        elif optimizer is _SEED_OPTIMIZER:
+            optimizer_key = "seed"
         self._optimizer_key = optimizer_key
         n = len(problem.train_index)
         self._lower = np.full(n, -np.inf) if problem.lower is None else problem.lower
