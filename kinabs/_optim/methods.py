@@ -12,7 +12,7 @@ to another solver).
 Example:
     >>> import kinabs
     >>> kinabs.LevenbergMarquardt()
-    LevenbergMarquardt(ftol=1e-10, xtol=1e-10, gtol=1e-10, initial_damping=0.001, jacobian='auto')
+    LevenbergMarquardt(ftol=1e-08, xtol=1e-08, gtol=1e-08, initial_damping=0.001, jacobian='auto')
     >>> kinabs.BFGS(gtol=0)
     Traceback (most recent call last):
         ...
@@ -100,10 +100,12 @@ class LevenbergMarquardt(Method):
     fitted parameters outnumber the residuals by more than the backend's measured
     crossover: 4 on JAX, 1 on torch).
 
-    A start has converged when an accepted step lowers the loss by at most ``ftol`` of
-    its value, when a step is shorter than ``xtol * (xtol + |x|)``, or when the largest
-    component of the projected gradient is at most ``gtol`` times the loss (relative:
-    the losses of a fit range over many decades).
+    A start has converged (defaults as scipy's ``least_squares``) when an accepted step
+    lowers the loss by at most ``ftol`` of its value, when a step is shorter than
+    ``xtol * (xtol + |x|)``, or when the largest component of the projected gradient is
+    at most ``gtol`` times the loss (relative: the losses of a fit range over many
+    decades). On serine, 1e-8 against 1e-10 ends the same five fits at the same losses
+    after 61-87 evaluations instead of 62-100.
 
     Example:
         >>> import kinabs
@@ -117,9 +119,9 @@ class LevenbergMarquardt(Method):
         (True, ['converged', 'converged'])
     """
 
-    ftol: float = 1e-10
-    xtol: float = 1e-10
-    gtol: float = 1e-10
+    ftol: float = 1e-8
+    xtol: float = 1e-8
+    gtol: float = 1e-8
     initial_damping: float = 1e-3
     jacobian: Literal["auto", "forward", "reverse"] = "auto"
 
