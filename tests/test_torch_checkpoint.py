@@ -160,7 +160,7 @@ def test_second_derivatives_raise_rather_than_come_out_wrong(model, model_name):
 
 def test_training_a_time_dependent_model_matches_jax():
     """Training on torch goes through the checkpoints (the ramp has no discrete adjoint):
-    the same Adam iterations as on JAX give the same loss curves. Data from a DataFrame
+    the same AdaBelief iterations (the seed's) as on JAX give the same loss curves. Data from a DataFrame
     (read-only values) train without warnings."""
     import warnings
 
@@ -173,7 +173,8 @@ def test_training_a_time_dependent_model_matches_jax():
                         columns=["A", "B"])
     curves = {}
     for backend in ("jax", "torch"):
-        tr = kinabs.Trainer(model=m, data=data, backend=backend, n_iter=15, progress=False)
+        tr = kinabs.Trainer(model=m, data=data, backend=backend, n_iter=15, progress=False,
+                            optimizer=kinabs.get_backend(backend).default_optimizer())
         tr.latinhypercube_sampling(m.parameter_values(), lower_bound=0.3, upper_bound=3,
                                    N=2, seed=1)
         with warnings.catch_warnings():
