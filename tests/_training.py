@@ -67,6 +67,8 @@ def mean_centred_residuals(params, ts, ys, model):
     pred = model(ts, ys[0, :], kinabs.exponentiate_parameters(params))
     mask = ~xp.isnan(ys)
     obs = xp.where(mask, ys, 0.0)
-    count = xp.sum(xp.where(mask, 1.0, 0.0), axis=0)
+    # counts in the data's dtype: torch.where of two Python numbers is float32, and its
+    # square root would put a 3e-8 error into every residual
+    count = xp.sum(xp.astype(mask, ys.dtype), axis=0)
     scale = xp.sum(xp.where(mask, obs + 1.0, 0.0), axis=0) / count
     return xp.where(mask, (pred - obs) / scale, 0.0) / xp.sqrt(xp.sum(count))
