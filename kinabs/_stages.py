@@ -68,7 +68,9 @@ def run_stages(stages: tuple[SolveStage, ...], n: int,
                ) -> tuple[np.ndarray, ...]:
     """Run ``stages`` over a batch of ``n`` members: ``solve(stage, members)`` returns
     arrays whose first axis runs over ``members`` and whose second array is the status
-    (0 = success); each later stage redoes only the members still failing."""
+    (0 = success); each later stage redoes only the members still failing. An optional
+    fourth array, False for a member that no other solver can help (its start is not
+    finite), keeps that member out of later stages."""
     members = np.arange(n)
     out: list[np.ndarray] | None = None
     for stage in stages:
@@ -78,7 +80,10 @@ def run_stages(stages: tuple[SolveStage, ...], n: int,
         else:
             for full, sub in zip(out, part):
                 full[members] = sub
-        members = np.flatnonzero(out[1] != 0)
+        retry = out[1] != 0
+        if len(out) > 3:
+            retry &= out[3].astype(bool)
+        members = np.flatnonzero(retry)
         if not members.size:
             break
     return tuple(out)

@@ -278,3 +278,20 @@ def test_a_nan_initial_value_in_a_python_model_is_named(backend):
     with pytest.raises(kinabs.SimulationError, match=r"initial value of 'A' \(nan\)"):
         kinabs.simulate(m, [0.0, 1.0], backend=backend,
                         solver=kinabs.SolverOptions(max_steps=200))
+
+
+def test_a_start_that_is_not_finite_is_not_integrated_on_jax():
+    """Checked inside the compiled solve: a member whose derivative at t0 is infinite is
+    reported ``nonfinite`` after a handful of steps, not after max_steps rejected ones,
+    and its batch neighbour solves as usual."""
+    b = kinabs.ModelBuilder("pole")
+    b.compartment("c", size=1.0)
+    b.species("A", initial_concentration=1.0)
+    b.parameter("k", 1.0)
+    b.reaction("R", "A ->", rate="k / (A - 1)")
+    res = kinabs.simulate(b.build(), [0.0, 0.1], initial=[{"A": 1.0}, {"A": 3.0}],
+                          backend="jax", on_failure="nan")
+    assert res.status == ("nonfinite", "success")
+    assert 0 <= res.steps[0] < 10
+    np.testing.assert_allclose(res.values[1, -1, 0], 1 + np.sqrt(4 - 0.2), rtol=1e-6)
+

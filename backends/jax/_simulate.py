@@ -77,13 +77,17 @@ def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, 
 
     Status codes follow ``kinabs._backend.STATUS``. ``active`` (a traced bool) set to
     False replaces the vector field by zero, so that a batch member whose result is not
-    needed (a frozen start in a vmapped fit) costs a handful of steps, not a full solve."""
-    if active is None:
-        term = diffrax.ODETerm(lambda t, y, args: fns.rhs(t, y, args))
-    else:
-        k = (k, active)
-        term = diffrax.ODETerm(
-            lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
+    needed (a frozen start in a vmapped fit) costs a handful of steps, not a full solve.
+    A member whose initial state or derivative at ``t0`` is not finite (a NaN value, a
+    division by zero) is inactive too and reported ``nonfinite``: it could only fail,
+    after ``max_steps`` rejected steps."""
+    # one evaluation of the vector field; its value is never differentiated
+    start_ok = jax.lax.stop_gradient(
+        jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(fns.rhs(t0, y0, k))))
+    active = start_ok if active is None else active & start_ok
+    k = (k, active)
+    term = diffrax.ODETerm(
+        lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
     # steps end at the times where the vector field jumps (a rate piecewise in time)
     breaks = fns.generated.time_breaks
     controller = diffrax.PIDController(
@@ -108,6 +112,7 @@ def solve_one(fns, solver: diffrax.AbstractSolver, opts: SolverOptions, ts, t0, 
         j0 = jax.jacfwd(lambda y: term.vf(t0, y, k))(y0)
         finite = finite & jax.lax.stop_gradient(jnp.all(jnp.isfinite(j0)))
     status = jnp.where(ok, jnp.where(finite, 0, 2), jnp.where(max_steps_hit, 1, 3))
+    status = jnp.where(start_ok, status, 2)
     return ys, status, sol.stats["num_accepted_steps"]
 
 
@@ -127,7 +132,9 @@ def _compiled(system, method, opts: SolverOptions, max_steps: int, has_y0: bool,
             y0 = jnp.where(mask, y0_nat * factors, y0)
         ys, status, steps = solve_one(fns, solver, opts, ts, t0, y0, k, max_steps=max_steps)
         out = outputs(ts, ys, k)
-        return out, status, steps
+        # a start that is not finite fails on every solver: no later stage for it
+        retry = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(fns.rhs(t0, y0, k)))
+        return out, status, steps, retry
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
 
@@ -149,5 +156,5 @@ def simulate(system, times, parameters, *, t0, y0, y0_mask, output_index, solver
             fn = _compiled(system, stage.method, solver, stage.max_steps, has_y0, oi)
             return fn(jnp.asarray(parameters[members]), jnp.asarray(y0[members]), *shared)
 
-        ys, status, steps = run_stages(stages, parameters.shape[0], solve)
+        ys, status, steps, _ = run_stages(stages, parameters.shape[0], solve)
     return RawSolution(ys=ys, status=status, steps=steps)
