@@ -30,6 +30,9 @@ gradient           norm-wise ``max_i |a_i - b_i| <= gradient_rtol * (max_i |b_i|
                    differences within the trajectory tolerance can make (see
                    :mod:`kinabs._conformance.reference`; at serine's true parameters the
                    gradient is 5e-9, mostly the data's rounding)
+defaults           each backend at ``SolverOptions()`` against the reference: the largest
+                   ``|a - ref| / max_t |ref|`` (per measured species) at most 1e-4, what
+                   the default tolerances promise
 training           Adam, same learning rate in optax and torch.optim, same starts:
                    ``|a - b| / |b| <= training_rtol`` (1e-4) at every iteration, and the
                    same starts fail (if any)
@@ -92,7 +95,7 @@ DEFAULT_CONFORMANCE_SOLVER = SolverOptions(rtol=1e-12, atol=1e-14, max_steps=100
 TRAJECTORY_RESOLUTION = 1e-10
 
 #: The solver of the training check: the Trainer's default tolerances, as a user trains.
-DEFAULT_TRAINING_SOLVER = SolverOptions(rtol=1e-8, atol=1e-10, max_steps=100_000)
+DEFAULT_TRAINING_SOLVER = SolverOptions(max_steps=100_000)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,6 +323,47 @@ def _trajectories(st, full, backends, unsupported, solver, ref):
     return traj, preds
 
 
+#: What ``SolverOptions()`` promises: every trajectory within this fraction of each
+#: species' largest value of the converged (reference) solution.
+DEFAULTS_ACCURACY = 1e-4
+
+
+def _defaults_accuracy(st, full, backends, unsupported, ref_preds) -> CheckRow:
+    """How far each backend's solves at the default tolerances (``SolverOptions()``) end
+    from the reference, relative to each measured species' largest reference value."""
+    defaults = SolverOptions()
+    errors: dict[str, np.ndarray] = {}
+    for b in backends:
+        out = _run_backend(b, unsupported, opinions.trajectories, st.system, st.data, full,
+                           solver=defaults)
+        if out is None:
+            continue
+        per_set = np.zeros(len(full))
+        for got, ref in zip(out[0], ref_preds):
+            scale = np.max(np.abs(ref), axis=1, keepdims=True)
+            with np.errstate(all="ignore"):
+                d = np.abs(got - ref) / np.where(scale > 0, scale, 1.0)
+            d = np.where(np.isnan(got) & np.isnan(ref), 0.0, np.where(np.isnan(d), np.inf, d))
+            per_set = np.maximum(per_set, d.reshape(len(full), -1).max(axis=1, initial=0.0))
+        errors[b] = per_set
+    cols = {k: ("unsupported" if k in unsupported else
+                _fmt(errors[k].max()) if k in errors else "-") for k in ("jax", "torch")}
+    worst = max((float(v.max()) for v in errors.values()), default=0.0)
+    detail = ", ".join(f"{k} {v.max():.2g} (set {int(v.argmax())})" for k, v in errors.items())
+    verdict = ("skipped" if not errors else "agree" if worst <= DEFAULTS_ACCURACY
+               else "disagree")
+    if unsupported and verdict != "disagree":  # as _row: what ran is still judged
+        verdict = "unsupported"
+        detail = "; ".join(f"unsupported on {k}: {v}" for k, v in unsupported.items()) + (
+            f"; {detail}" if detail else "")
+    return CheckRow(
+        check=f"defaults (rtol {defaults.rtol:g}, atol {defaults.atol:g}) vs reference",
+        jax=cols["jax"], torch=cols["torch"], reference="converged",
+        largest_difference=worst, tolerance=DEFAULTS_ACCURACY, verdict=verdict,
+        detail=(f"largest error relative to each species' largest value: {detail}"
+                if errors else "no backend solved"))
+
+
 #: A trajectory difference beyond the tolerance is the solvers' global error, not a
 #: lowering difference, when one decade tighter tolerances shrink it at least this much...
 CONVERGENCE_FACTOR = 3.0
@@ -395,7 +439,7 @@ def check_conformance(
         solver: the backends' :class:`kinabs.SolverOptions` for the trajectory, loss and
             gradient checks (default rtol 1e-12, atol 1e-14).
         training_solver: the solver of the training check (default: the Trainer's
-            tolerances, rtol 1e-8, atol 1e-10).
+            tolerances, rtol 1e-8, atol 1e-12).
         tolerances: :class:`ConformanceTolerances`.
         reference: also compare with scipy (loss at every set; finite-difference gradient
             at the first ``reference_gradient_sets`` sets, ``None`` for all).
@@ -430,12 +474,13 @@ def check_conformance(
         >>> report.ok
         True
         >>> report.table()[["check", "verdict"]]
-                    check verdict
-        0      trajectory   agree
-        1      loss (log)   agree
-        2  gradient (log)   agree
+                                              check verdict
+        0                                trajectory   agree
+        1  defaults (rtol 1e-08, atol 1e-12) vs reference   agree
+        2                                loss (log)   agree
+        3                            gradient (log)   agree
         >>> report.table()["tolerance"].tolist()
-        [1e-09, 1e-08, 0.0001]
+        [1e-09, 0.0001, 1e-08, 0.0001]
     """
     t_start = time.perf_counter()
     tol = tolerances or ConformanceTolerances()
@@ -491,6 +536,8 @@ def check_conformance(
         if row.verdict == "agree":
             resolution = max(resolution, row.largest_difference)
     rows.append(row)
+    if ref is not None and preds is not None:
+        rows.append(_defaults_accuracy(st, full, backends, unsupported, preds))
 
     # loss and gradient in each space
     ref_lg = None

@@ -44,8 +44,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parameter-scale", choices=("linear", "scaled"), default="linear",
                    help="scale of a 'value' column in --parameters (default linear)")
     p.add_argument("--method", choices=("auto", "stiff", "nonstiff"), default="auto")
-    p.add_argument("--rtol", type=float, default=1e-8)
-    p.add_argument("--atol", type=float, default=1e-10)
+    p.add_argument("--rtol", type=float, default=SolverOptions.rtol)
+    p.add_argument("--atol", type=float, default=SolverOptions.atol)
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--no-lint", action="store_true", help="skip petab's linter")
 
