@@ -129,3 +129,24 @@ def test_a_start_outside_the_bounds_is_named():
     b.check(np.array([[0.0, 1.0], [0.0, 1.5]]), ["a", "b"])
     with pytest.raises(kinabs.DataError, match="start 1 has b outside its bounds"):
         b.check(np.array([[0.0, 1.0], [0.0, 3.0]]), ["a", "b"])
+
+
+def test_bfgs_minimises_an_objective_that_is_negative():
+    """A negative log-likelihood may be below zero: BFGS' tests are relative to |f| (it
+    stopped at the first negative value before, as if the loss were an exact fit)."""
+    method = kinabs.BFGS()
+    x0 = np.array([[0.0, 1.0], [10.0, -4.0]])
+    lower, upper = np.full(2, -np.inf), np.full(2, np.inf)
+    s = method.init(x0, xp)
+    for _ in range(100):
+        x = s["trial"]
+        f = ((x - 3.0) ** 2).sum(-1) - 5.0
+        new = method.update(s, f, 2 * (x - 3.0), np.ones(2, bool), lower, upper, xp, _solve)
+        live = ~s["converged"]
+        s = {k: np.where(live.reshape((-1,) + (1,) * (v.ndim - 1)), v, s[k])
+             for k, v in new.items()}
+        if s["converged"].all():
+            break
+    assert s["converged"].all()
+    np.testing.assert_allclose(s["x"], 3.0, atol=1e-6)
+    np.testing.assert_allclose(s["f"], -5.0, atol=1e-10)

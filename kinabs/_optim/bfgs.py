@@ -71,13 +71,15 @@ def bfgs_update(opts: Any, s: dict[str, Any], f_t: Any, g_t: Any, ok: Any, lower
     x_new = where_rows(accept, trial, x, xp)
     f_new = xp.where(accept, f_t, f)
     g_new = where_rows(accept, g_t, g, xp)
-    # convergence tests, as for Levenberg-Marquardt
+    # convergence tests, as for Levenberg-Marquardt; relative to |f|, since an objective
+    # that is not a sum of squares (a negative log-likelihood) may be negative
     actual = f - f_t
-    small_fall = stepped & (actual <= opts.ftol * f_new)
+    size = xp.abs(f_new)
+    small_fall = stepped & (actual <= opts.ftol * size)
     short = stepped & step_small(dx, x, opts.xtol, xp)
     flat = xp.isfinite(f_new) & (projected_gradient_norm(x_new, g_new, lower, upper, xp)
-                                 <= opts.gtol * f_new)
-    exact = f_new <= 0.0
+                                 <= opts.gtol * size)
+    exact = f_new == 0.0
     # the next direction: quasi-Newton on the free parameters, steepest descent if that
     # is not a descent direction
     free = xp.astype(~held(x_new, g_new, lower, upper), x.dtype)
