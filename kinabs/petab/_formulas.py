@@ -68,51 +68,71 @@ def _nary(fn):
     return apply
 
 
-def _piecewise(expr: sympy.Piecewise, env) -> np.ndarray:
-    values = [evaluate(e, env) for e, _ in expr.args]
-    conds = [np.asarray(evaluate(c, env), dtype=bool) for _, c in expr.args]
+def _piecewise(expr: sympy.Piecewise, env, xp) -> Any:
+    values = [evaluate(e, env, xp=xp) for e, _ in expr.args]
+    conds = [xp.asarray(evaluate(c, env, xp=xp), dtype=bool) for _, c in expr.args]
     shape = np.broadcast_shapes(*(np.shape(v) for v in values), *(np.shape(c) for c in conds))
-    return np.select([np.broadcast_to(c, shape) for c in conds],
-                     [np.broadcast_to(np.asarray(v, float), shape) for v in values],
+    return xp.select([xp.broadcast_to(c, shape) for c in conds],
+                     [xp.broadcast_to(xp.asarray(v, dtype=xp.float64), shape) for v in values],
                      default=np.nan)
 
 
+# sympy node type -> f(xp) -> the operation on array namespace ``xp`` (numpy, jax.numpy)
 _FUNCTIONS = {
-    sympy.Add: _nary(np.add),
-    sympy.Mul: _nary(np.multiply),
-    sympy.Pow: lambda a, b: np.power(np.asarray(a, float), b),
-    sympy.exp: np.exp,
-    sympy.log: np.log,
-    sympy.Abs: np.abs,
-    sympy.sign: np.sign,
-    sympy.Min: _nary(np.minimum),
-    sympy.Max: _nary(np.maximum),
-    sympy.floor: np.floor,
-    sympy.ceiling: np.ceil,
-    sympy.sin: np.sin, sympy.cos: np.cos, sympy.tan: np.tan,
-    sympy.sec: lambda x: 1 / np.cos(x), sympy.csc: lambda x: 1 / np.sin(x),
-    sympy.cot: lambda x: 1 / np.tan(x),
-    sympy.sinh: np.sinh, sympy.cosh: np.cosh, sympy.tanh: np.tanh,
-    sympy.sech: lambda x: 1 / np.cosh(x), sympy.csch: lambda x: 1 / np.sinh(x),
-    sympy.coth: lambda x: 1 / np.tanh(x),
-    sympy.asin: np.arcsin, sympy.acos: np.arccos, sympy.atan: np.arctan,
-    sympy.asec: lambda x: np.arccos(1 / x), sympy.acsc: lambda x: np.arcsin(1 / x),
-    sympy.acot: lambda x: np.arctan(1 / x),
-    sympy.asinh: np.arcsinh, sympy.acosh: np.arccosh, sympy.atanh: np.arctanh,
-    sympy.asech: lambda x: np.arccosh(1 / x), sympy.acsch: lambda x: np.arcsinh(1 / x),
-    sympy.acoth: lambda x: np.arctanh(1 / x),
-    sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal,
-    sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
-    sympy.Equality: np.equal, sympy.Unequality: np.not_equal,
-    sympy.And: _nary(np.logical_and), sympy.Or: _nary(np.logical_or),
-    sympy.Not: np.logical_not, sympy.Xor: _nary(np.logical_xor),
+    sympy.Add: lambda xp: _nary(xp.add),
+    sympy.Mul: lambda xp: _nary(xp.multiply),
+    sympy.Pow: lambda xp: lambda a, b: xp.power(xp.asarray(a, dtype=xp.float64), b),
+    sympy.exp: lambda xp: xp.exp,
+    sympy.log: lambda xp: xp.log,
+    sympy.Abs: lambda xp: xp.abs,
+    sympy.sign: lambda xp: xp.sign,
+    sympy.Min: lambda xp: _nary(xp.minimum),
+    sympy.Max: lambda xp: _nary(xp.maximum),
+    sympy.floor: lambda xp: xp.floor,
+    sympy.ceiling: lambda xp: xp.ceil,
+    sympy.sin: lambda xp: xp.sin, sympy.cos: lambda xp: xp.cos, sympy.tan: lambda xp: xp.tan,
+    sympy.sec: lambda xp: lambda x: 1 / xp.cos(x),
+    sympy.csc: lambda xp: lambda x: 1 / xp.sin(x),
+    sympy.cot: lambda xp: lambda x: 1 / xp.tan(x),
+    sympy.sinh: lambda xp: xp.sinh, sympy.cosh: lambda xp: xp.cosh,
+    sympy.tanh: lambda xp: xp.tanh,
+    sympy.sech: lambda xp: lambda x: 1 / xp.cosh(x),
+    sympy.csch: lambda xp: lambda x: 1 / xp.sinh(x),
+    sympy.coth: lambda xp: lambda x: 1 / xp.tanh(x),
+    sympy.asin: lambda xp: xp.arcsin, sympy.acos: lambda xp: xp.arccos,
+    sympy.atan: lambda xp: xp.arctan,
+    sympy.asec: lambda xp: lambda x: xp.arccos(1 / x),
+    sympy.acsc: lambda xp: lambda x: xp.arcsin(1 / x),
+    sympy.acot: lambda xp: lambda x: xp.arctan(1 / x),
+    sympy.asinh: lambda xp: xp.arcsinh, sympy.acosh: lambda xp: xp.arccosh,
+    sympy.atanh: lambda xp: xp.arctanh,
+    sympy.asech: lambda xp: lambda x: xp.arccosh(1 / x),
+    sympy.acsch: lambda xp: lambda x: xp.arcsinh(1 / x),
+    sympy.acoth: lambda xp: lambda x: xp.arctanh(1 / x),
+    sympy.StrictLessThan: lambda xp: xp.less, sympy.LessThan: lambda xp: xp.less_equal,
+    sympy.StrictGreaterThan: lambda xp: xp.greater,
+    sympy.GreaterThan: lambda xp: xp.greater_equal,
+    sympy.Equality: lambda xp: xp.equal, sympy.Unequality: lambda xp: xp.not_equal,
+    sympy.And: lambda xp: _nary(xp.logical_and), sympy.Or: lambda xp: _nary(xp.logical_or),
+    sympy.Not: lambda xp: xp.logical_not, sympy.Xor: lambda xp: _nary(xp.logical_xor),
 }
 
 
-def evaluate(expr: sympy.Basic, env: Mapping[str, Any]) -> np.ndarray | float:
-    """The value of ``expr`` with each free symbol's value from ``env`` (numbers or numpy
-    arrays, broadcast together), walking the tree; numpy's IEEE rules give NaN or inf
-    where the math is undefined (``log(-1)``, ``1/0``)."""
+def evaluate(expr: sympy.Basic, env: Mapping[str, Any], *, xp: Any = np) -> Any:
+    """The value of ``expr`` with each free symbol's value from ``env`` (numbers or arrays
+    of the namespace ``xp``, broadcast together), walking the tree; IEEE rules give NaN or
+    inf where the math is undefined (``log(-1)``, ``1/0``).
+
+    ``xp`` is the array namespace of the operations: numpy (the default) or ``jax.numpy``
+    (inside a traced, differentiable JAX function: the walk happens at trace time, and
+    only array operations end up in the program)."""
+    if xp is np:
+        with np.errstate(all="ignore"):
+            return _walk(expr, env, xp)
+    return _walk(expr, env, xp)
+
+
+def _walk(expr: sympy.Basic, env: Mapping[str, Any], xp: Any) -> Any:
     if isinstance(expr, sympy.Symbol):
         try:
             return env[expr.name]
@@ -125,12 +145,11 @@ def evaluate(expr: sympy.Basic, env: Mapping[str, Any]) -> np.ndarray | float:
     if expr.is_Number or isinstance(expr, sympy.NumberSymbol):
         return float(expr)
     if isinstance(expr, sympy.Piecewise):
-        return _piecewise(expr, env)
+        return _piecewise(expr, env, xp)
     fn = _FUNCTIONS.get(expr.func)
     if fn is None:
         raise UnsupportedPetabFeature(
             f"math operation {expr.func.__name__}", f"in the formula {expr}",
             "kinabs evaluates arithmetic, powers, exp/log, trigonometric functions, abs, "
             "sign, min/max, piecewise and comparisons.")
-    with np.errstate(all="ignore"):
-        return fn(*(evaluate(a, env) for a in expr.args))
+    return fn(xp)(*(_walk(a, env, xp) for a in expr.args))

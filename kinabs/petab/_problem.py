@@ -230,6 +230,21 @@ class PetabProblem:
                               backend=backend, solver=solver, steady_state=steady_state,
                               priors=priors)
 
+    def objective(self, backend: str | None = "jax", *, solver: Any = None,
+                  steady_state: Any = None, adjoint: Any = None):
+        """The log-likelihood as one compiled, differentiable program of the estimated
+        parameters on the parameter table's scale (``x_free_ids``): an object with
+        ``value(theta)`` and ``value_and_grad(theta)`` for ``theta`` (F,) or a batch (B, F).
+        JAX only for now (``backend="torch"`` raises :class:`kinabs.BackendError`).
+        ``solver``: :class:`kinabs.SolverOptions` (default ``method="stiff"``; ``"auto"``
+        is the implicit solver here); ``steady_state``: :class:`SteadyStateOptions`;
+        ``adjoint``: :class:`kinabs.AdjointOptions` (default checkpointed
+        backpropagation). See :mod:`kinabs.petab._gradient`."""
+        from kinabs.petab._gradient import make_objective
+
+        return make_objective(self, backend=backend, solver=solver,
+                              steady_state=steady_state, adjoint=adjoint)
+
     def __repr__(self) -> str:
         return (f"PetabProblem({self.yaml_path.name!r}, model={self.model.id!r}, "
                 f"conditions={len(self.plan.conditions)}, observables={len(self.observables)}"
