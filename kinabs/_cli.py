@@ -32,8 +32,12 @@ PLOTS = ("loss.png", "fit.png", "waterfall.png")
 
 
 def _fit(args: argparse.Namespace) -> int:
+    if args.model and Path(args.model).suffix.lower() in (".yaml", ".yml"):
+        from kinabs.petab._multistart import fit_command
 
-
+        return fit_command(args)
+    if args.max_steps is None:
+        args.max_steps = 4096
     executor = _executor_kind(args)
     chunked = executor == "dask" or args.chunk_size is not None or args.run_dir is not None
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -152,7 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kinabs", description="Fit kinetic models to data.")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="multi-start fit (default: the bundled serine example)")
-    f.add_argument("model", nargs="?", help="SBML file (default: bundled serine model)")
+    f.add_argument("model", nargs="?", help="SBML file, or a PEtab problem's YAML file "
+                   "(default: bundled serine model)")
     f.add_argument("--data", nargs="+", help="CSV file(s): first column time, one column per "
                    "species (default: bundled serine data)")
     f.add_argument("--n-iter", type=int, default=300)
@@ -168,7 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", choices=sorted(BACKENDS), default=None)
     f.add_argument("--rtol", type=float, default=kinabs.SolverOptions.rtol)
     f.add_argument("--atol", type=float, default=kinabs.SolverOptions.atol)
-    f.add_argument("--max-steps", type=int, default=4096)
+    f.add_argument("--max-steps", type=int, default=None,
+                   help="most steps per solve (default 4096; 100000 for a PEtab problem)")
     f.add_argument("--loss-threshold", type=float, default=None)
     f.add_argument("--resample-failed", action="store_true")
     f.add_argument("--out", default="kinabs-fit", help="output folder")
