@@ -19,6 +19,7 @@ import kinabs
 from kinabs._cli import main
 from kinabs._conformance import backends as cb
 from kinabs._conformance.reference import ScipyReference
+from tests._shared import SHARED
 
 pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
@@ -200,8 +201,6 @@ def test_cli_exit_2_on_bad_input(tmp_path, capsys):
 
 
 def test_model_no_backend_can_load_is_unsupported_on_both(tmp_path):
-    from tests._shared import SHARED
-
     path = SHARED / "data" / "jaxkineticmodel" / "models" / "Bertozzi2020.xml"
     if not path.exists():
         pytest.skip(f"no shared models at {path.parent}")
@@ -325,3 +324,24 @@ def test_jax_gradient_check_goes_on_with_forward_sensitivities(model, monkeypatc
     assert np.all(status == 0) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(loss, plain[0], rtol=1e-12)
     np.testing.assert_allclose(grad, plain[2], rtol=1e-7, atol=1e-12 * np.abs(grad).max())
+
+
+PETAB_CASE = SHARED / "petab" / "test-suite" / "v1.0.0" / "sbml" / "0009" / "_0009.yaml"
+
+
+@pytest.mark.skipif(not PETAB_CASE.is_file(), reason=f"no {PETAB_CASE}")
+def test_conformance_of_a_petab_problem_with_preequilibration(tmp_path, capsys):
+    """``kinabs conformance PROBLEM.yaml``: the llh on both backends, the compiled JAX llh
+    and its gradient against central differences; torch's missing compiled objective is
+    'unsupported', not a disagreement."""
+    pytest.importorskip("petab.v1")
+    assert main(["conformance", str(PETAB_CASE), "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "conformance-report.json").read_text())
+    rows = {c["check"]: c for c in doc["checks"]}
+    assert list(rows) == ["llh", "llh (compiled)", "gradient"]
+    assert rows["llh"]["verdict"] == rows["llh (compiled)"]["verdict"] == "agree"
+    assert rows["llh"]["largest_difference"] < 1e-7
+    assert rows["llh (compiled)"]["largest_difference"] < 1e-9
+    assert rows["gradient"]["verdict"] == "unsupported"
+    assert rows["gradient"]["largest_difference"] < 1e-4
+    assert "unsupported on torch" in capsys.readouterr().out

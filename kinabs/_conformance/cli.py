@@ -2,6 +2,9 @@
 JAX and torch backends (and a scipy reference) agree on a model; print the table and write
 a JSON report.
 
+For a PEtab problem (``kinabs conformance PROBLEM.yaml``) see
+:mod:`kinabs._conformance.petab`.
+
 Exit status: 0 when every check agrees (checks a backend cannot lower are shown as
 ``unsupported`` and are not disagreements), 1 on any disagreement, 2 on bad input (a
 model or data file that cannot be read, data that does not match the model).
@@ -26,7 +29,9 @@ def add_conformance_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("conformance", help="check that the JAX and torch backends agree on "
                        "a model (trajectories, loss, gradient, training)",
                        description=__doc__.split("\n\n")[0])
-    c.add_argument("model", help="SBML file")
+    c.add_argument("model", help="SBML file, or a PEtab problem's YAML file (llh on each "
+                   "backend, the compiled JAX llh and its gradient against finite "
+                   "differences)")
     c.add_argument("--data", nargs="+", help="CSV file(s): first column time, one column per "
                    "species (default: synthetic data from the model's own parameters)")
     c.add_argument("--parameter-sets", type=int, default=20,
@@ -59,6 +64,11 @@ def run_conformance(args: argparse.Namespace) -> int:
     spaces = ("log", "linear") if args.space == "both" else (args.space,)
     if args.parameter_sets < 0:
         raise kinabs.DataError(f"--parameter-sets must be >= 0; got {args.parameter_sets}.")
+    if Path(args.model).suffix.lower() in (".yaml", ".yml"):
+        from kinabs._conformance.petab import run
+
+        report = run(args)
+        return _finish(report, args, "the problem's measurements")
     data = None
     if args.data:
         data = args.data[0] if len(args.data) == 1 else list(args.data)
@@ -69,7 +79,11 @@ def run_conformance(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, reference=not args.no_reference,
         reference_gradient_sets=args.reference_gradient_sets,
         solver=kinabs.SolverOptions(rtol=args.rtol, atol=args.rtol / 100, max_steps=100_000))
-    print(f"conformance of {report.model} ({report.meta.get('data', '')}):")
+    return _finish(report, args, report.meta.get("data", ""))
+
+
+def _finish(report, args: argparse.Namespace, data: str) -> int:
+    print(f"conformance of {report.model} ({data}):")
     print(report.format())
     path = Path(args.json) if args.json else Path(args.out) / "conformance-report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
