@@ -97,3 +97,22 @@ def test_log_scaled_bounds_are_on_the_scale():
     pt.lower[0] = 0.0  # log10(0): no finite bound to draw starts from
     with pytest.raises(kinabs.DataError, match=r"row 'a'.*not both finite"):
         scaled_bounds(SimpleNamespace(parameters=pt))
+
+
+def test_a_start_on_a_plateau_of_huge_nllh_is_not_converged_at_once():
+    """Boehm's far starts have nllh ~1e11 with gradients of ~20: the fit's BFGS must step
+    on (the Trainer's relative gradient test, 1e-10 |f|, called them converged)."""
+    import array_api_compat.numpy as xp
+
+    from kinabs.petab._multistart import DEFAULT_METHOD
+
+    x = np.array([[0.5, 0.5]])
+    f = np.array([2.4e11])
+    g = np.array([[20.0, -5.0]])
+    lo, hi = np.full(2, -5.0), np.full(2, 5.0)
+    ok = np.ones(1, bool)
+    state = DEFAULT_METHOD.update(DEFAULT_METHOD.init(x, xp), f, g, ok, lo, hi, xp, None)
+    assert not state["converged"][0]
+    assert state["trial"][0, 0] < 0.5  # a step downhill
+    relative = kinabs.BFGS()
+    assert relative.update(relative.init(x, xp), f, g, ok, lo, hi, xp, None)["converged"][0]
