@@ -129,6 +129,20 @@ class Backend(ABC):
         :class:`kinabs._problem.FitProblem`). ``optimizer_key`` names the optimizer when it
         is a known default (lets the backend cache programs)."""
 
+    def petab_objective(self, problem: Any, *, solver: Any, steady_state: Any,
+                        adjoint: Any) -> Any:
+        """The compiled, differentiable log-likelihood of a PEtab problem (see
+        :mod:`kinabs.petab._gradient`): an object with ``value(theta)`` -> (llh (B,),
+        status (B, C)) and ``value_and_grad(theta)`` -> (llh, grad (B, F), status) on
+        numpy arrays ``theta`` (B, F), and ``codes`` (status code -> name). Backends
+        without one raise :class:`kinabs.BackendError`."""
+        raise BackendError(
+            f"the compiled, differentiable PEtab objective is not implemented on the "
+            f"{self.name} backend yet (observable and noise formulas, condition overrides "
+            "and steady states as one batched, differentiable program). Use "
+            "problem.objective(backend='jax'), or problem.evaluate(backend=...) for values "
+            "without gradients.")
+
 
 def map_checkout_backends() -> None:
     """Make ``kinabs.backends`` importable from a bare checkout.

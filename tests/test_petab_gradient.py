@@ -161,7 +161,7 @@ def test_unreached_steady_state_is_a_status_not_a_value():
 @needs_suite
 def test_torch_and_bad_shapes_are_refused():
     problem = _suite("0001")
-    with pytest.raises(kinabs.BackendError, match="JAX only"):
+    with pytest.raises(kinabs.BackendError, match="not implemented on the torch backend"):
         problem.objective(backend="torch")
     objective = problem.objective(solver=NONSTIFF)
     with pytest.raises(kinabs.DataError, match="shape"):

@@ -33,3 +33,10 @@ class JaxBackend(Backend):
 
     def training_program(self, problem, optimizer, n_iter, *, optimizer_key=None):
         return JaxTrainingProgram(problem, optimizer, n_iter, optimizer_key=optimizer_key)
+
+    def petab_objective(self, problem, *, solver, steady_state, adjoint):
+        # imported here: it needs the petab extra, which plain simulation does not
+        from kinabs.backends.jax._petab import petab_objective
+
+        return petab_objective(problem, solver=solver, steady_state=steady_state,
+                               adjoint=adjoint)

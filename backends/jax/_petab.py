@@ -49,7 +49,8 @@ from kinabs.petab._conditions import Refs
 from kinabs.petab._formulas import evaluate as eval_formula
 from kinabs.petab._steady_state import SteadyStateOptions
 
-__all__ = ["make_objective", "CompiledObjective", "PETAB_STATUS", "STEADY_STATE_NOT_REACHED"]
+__all__ = ["make_objective", "petab_objective", "CompiledObjective", "NumpyObjective",
+           "PETAB_STATUS", "STEADY_STATE_NOT_REACHED"]
 
 #: Status code of a condition whose steady state (pre-equilibration or ``time = inf``)
 #: was not reached by the last horizon.
@@ -428,3 +429,33 @@ def make_objective(problem: Any, *, solver: SolverOptions | None = None,
         raise DataError(f"solver must be a kinabs.SolverOptions; got {solver!r}.")
     return CompiledObjective(problem, solver=solver, steady_state=steady_state,
                              adjoint=adjoint)
+
+
+class NumpyObjective:
+    """:class:`CompiledObjective` with numpy in and out (float64), as
+    ``Backend.petab_objective`` hands it to the core."""
+
+    codes = PETAB_STATUS
+
+    def __init__(self, compiled: CompiledObjective):
+        self.compiled = compiled
+
+    def value(self, theta: np.ndarray):
+        with jax.enable_x64(True):
+            llh, status = self.compiled.value(jnp.asarray(theta, dtype=jnp.float64))
+        return np.array(llh, dtype=np.float64), np.asarray(status)
+
+    def value_and_grad(self, theta: np.ndarray):
+        with jax.enable_x64(True):
+            llh, grad, status = self.compiled.value_and_grad(
+                jnp.asarray(theta, dtype=jnp.float64))
+        return (np.array(llh, dtype=np.float64), np.array(grad, dtype=np.float64),
+                np.asarray(status))
+
+
+def petab_objective(problem: Any, *, solver: SolverOptions | None = None,
+                    steady_state: SteadyStateOptions | None = None,
+                    adjoint: AdjointOptions | None = None) -> NumpyObjective:
+    """``Backend.petab_objective`` on JAX."""
+    return NumpyObjective(make_objective(problem, solver=solver, steady_state=steady_state,
+                                         adjoint=adjoint))

@@ -60,12 +60,11 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 
-from kinabs._errors import BackendError, DataError
+from kinabs._errors import DataError
 from kinabs._options import AdjointOptions, SolverOptions
 
 __all__ = ["Objective", "make_objective"]
@@ -83,11 +82,10 @@ class Objective:
         last_status: (B, C) status strings of the last call.
     """
 
-    def __init__(self, problem: Any, compiled: Any, jax: Any, codes: dict[int, str]):
+    def __init__(self, problem: Any, compiled: Any):
         self.problem = problem
-        self._compiled = compiled
-        self._jax = jax
-        self._codes = codes
+        self._compiled = compiled  # Backend.petab_objective's: numpy in and out
+        self._codes = compiled.codes
         self.x_ids = problem.x_free_ids
         self.conditions = problem.plan.conditions
         self.last_status: np.ndarray | None = None
@@ -113,9 +111,7 @@ class Objective:
     def value(self, theta: Any) -> np.ndarray | float:
         """The llh at ``theta`` (F,) (a float) or at each row of (B, F) ((B,))."""
         arr, single = self._batch(theta)
-        with self._jax.enable_x64(True):
-            llh, status = self._compiled.value(self._jax.numpy.asarray(arr))
-        llh = np.array(llh, dtype=np.float64)
+        llh, status = self._compiled.value(arr)
         self._status(np.asarray(status))
         return float(llh[0]) if single else llh
 
@@ -123,11 +119,8 @@ class Objective:
         """(llh, d llh / d theta) at ``theta`` (F,) or each row of (B, F); NaN where a
         simulation failed (see :attr:`last_status`)."""
         arr, single = self._batch(theta)
-        with self._jax.enable_x64(True):
-            llh, grad, status = self._compiled.value_and_grad(self._jax.numpy.asarray(arr))
-        llh = np.array(llh, dtype=np.float64)
-        grad = np.array(grad, dtype=np.float64)
-        status = np.asarray(status)
+        llh, grad, status = self._compiled.value_and_grad(arr)
+        grad = grad.copy()
         grad[np.any(status != 0, axis=1)] = np.nan
         self._status(status)
         return (float(llh[0]), grad[0]) if single else (llh, grad)
@@ -144,23 +137,8 @@ def make_objective(problem: Any, *, backend: str | None = "jax",
                    solver: SolverOptions | None = None, steady_state: Any = None,
                    adjoint: AdjointOptions | None = None) -> Objective:
     """See :meth:`kinabs.petab.PetabProblem.objective`."""
-    backend = backend or "jax"
-    if backend == "torch":
-        raise BackendError(
-            "the compiled, differentiable PEtab objective is implemented on JAX only: the "
-            "torch backend has no lowering of the PEtab objective yet (observable/noise "
-            "formulas, condition overrides and steady states as one batched, "
-            "differentiable torch program). Use problem.objective(backend='jax'), or "
-            "problem.evaluate(backend='torch') for values without gradients.")
-    if backend != "jax":
-        raise BackendError(f"unknown backend {backend!r}; the compiled PEtab objective "
-                           "runs on 'jax'.")
     from kinabs._backend import get_backend
 
-    get_backend("jax")  # a clear message (with the install command) when jax is missing
-    module = importlib.import_module("kinabs.backends.jax._petab")
-    import jax
-
-    compiled = module.make_objective(problem, solver=solver, steady_state=steady_state,
-                                     adjoint=adjoint)
-    return Objective(problem, compiled, jax, module.PETAB_STATUS)
+    compiled = get_backend(backend or "jax").petab_objective(
+        problem, solver=solver, steady_state=steady_state, adjoint=adjoint)
+    return Objective(problem, compiled)
