@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from kinabs._backend import get_backend
 from kinabs._errors import DataError
 from kinabs._options import AdjointOptions, SolverOptions
 
@@ -137,8 +138,6 @@ def make_objective(problem: Any, *, backend: str | None = "jax",
                    solver: SolverOptions | None = None, steady_state: Any = None,
                    adjoint: AdjointOptions | None = None) -> Objective:
     """See :meth:`kinabs.petab.PetabProblem.objective`."""
-    from kinabs._backend import get_backend
-
     compiled = get_backend(backend or "jax").petab_objective(
         problem, solver=solver, steady_state=steady_state, adjoint=adjoint)
     return Objective(problem, compiled)

@@ -27,7 +27,10 @@ import numpy as np
 import pandas as pd
 
 from kinabs._errors import DataError
+from kinabs._fit.results import check_output_folder
 from kinabs._optim.methods import BFGS
+from kinabs._options import SolverOptions
+from kinabs.petab._problem import load
 
 __all__ = ["PetabFitResult", "fit", "scaled_bounds"]
 
@@ -353,10 +356,6 @@ def fit_command(args: Any) -> int:
     models, where they apply (``--inits``, ``--seed``, ``--n-iter`` as the most objective
     evaluations per start, ``--backend``, ``--rtol``, ``--atol``, ``--max-steps``,
     ``--out``); the PEtab problem brings its own data, bounds and scales."""
-    from kinabs._fit.results import check_output_folder
-    from kinabs._options import SolverOptions
-    from kinabs.petab._problem import load
-
     given = [flag for flag, value, default in (
         ("--data", args.data, None), ("--base", args.base, "ones"),
         ("--lower", args.lower, 0.1), ("--upper", args.upper, 10.0),
