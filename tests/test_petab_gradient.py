@@ -166,14 +166,3 @@ def test_torch_and_bad_shapes_are_refused():
     objective = problem.objective(solver=NONSTIFF)
     with pytest.raises(kinabs.DataError, match="shape"):
         objective.value(np.zeros(len(problem.x_free_ids) + 1))
-
-
-def test_core_petab_does_not_import_jax():
-    import subprocess
-    import sys
-
-    code = ("import sys, kinabs.petab; "
-            "print(any(m == 'jax' or m.startswith('jax.') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "False"

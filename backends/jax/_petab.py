@@ -47,6 +47,7 @@ from kinabs._options import AdjointOptions, SolverOptions
 from kinabs.backends.jax._simulate import lowered, make_adjoint, make_solver, solve_one
 from kinabs.petab._conditions import Refs
 from kinabs.petab._formulas import evaluate as eval_formula
+from kinabs.petab._objective import likelihood
 from kinabs.petab._steady_state import SteadyStateOptions
 
 __all__ = ["make_objective", "petab_objective", "CompiledObjective", "NumpyObjective",
@@ -400,25 +401,10 @@ class CompiledObjective:
             env[o["oid"]] = y
             sigma = jnp.broadcast_to(
                 jnp.asarray(eval_formula(obs.noise, env, xp=jnp), dtype=jnp.float64), shape)
-            llh = llh + jnp.sum(_likelihood(o["meas"], y, sigma, obs.transformation,
-                                            obs.distribution))
+            llh = llh + jnp.sum(likelihood(o["meas"], y, sigma, obs.transformation,
+                                           obs.distribution, xp=jnp)[0])
         ok = jnp.all(status == 0)
         return llh + jnp.where(ok, 0.0, jnp.nan), status
-
-
-def _likelihood(m: np.ndarray, s, sigma, trafo: str, dist: str):
-    """``kinabs.petab._objective._likelihood`` on jax.numpy (``m`` numpy constants)."""
-    with np.errstate(all="ignore"):
-        if trafo == "lin":
-            tm, ts, jac = m, s, 0.0
-        elif trafo == "log":
-            tm, ts, jac = np.log(m), jnp.log(s), np.log(m)
-        else:
-            tm, ts, jac = np.log10(m), jnp.log10(s), np.log(m * _LN10)
-    r = (tm - ts) / sigma
-    if dist == "normal":
-        return -0.5 * jnp.log(2 * np.pi * sigma ** 2) - 0.5 * r ** 2 - jac
-    return -jnp.log(2 * sigma) - jnp.abs(r) - jac
 
 
 def make_objective(problem: Any, *, solver: SolverOptions | None = None,

@@ -30,26 +30,10 @@ from kinabs._errors import DataError
 from kinabs._fit.results import check_output_folder
 from kinabs._optim.methods import BFGS
 from kinabs._options import SolverOptions
+from kinabs.petab._priors import scale_values, unscale_values
 from kinabs.petab._problem import load
 
 __all__ = ["PetabFitResult", "fit", "scaled_bounds"]
-
-
-def _scale(values: np.ndarray, scale: str) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if scale == "log10":
-            return np.log10(values)
-        if scale == "log":
-            return np.log(values)
-    return np.asarray(values, float)
-
-
-def _unscale(values: np.ndarray, scale: str) -> np.ndarray:
-    if scale == "log10":
-        return 10.0 ** values
-    if scale == "log":
-        return np.exp(values)
-    return np.asarray(values, float)
 
 
 def scaled_bounds(problem: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +45,7 @@ def scaled_bounds(problem: Any) -> tuple[np.ndarray, np.ndarray]:
     for k, pid in enumerate(pt.ids):
         if not pt.estimate[k]:
             continue
-        a, b = (float(_scale(np.asarray(v), pt.scales[k])) for v in (pt.lower[k], pt.upper[k]))
+        a, b = (float(scale_values(np.asarray(v), pt.scales[k])) for v in (pt.lower[k], pt.upper[k]))
         if not (np.isfinite(a) and np.isfinite(b)):
             raise DataError(
                 f"parameter table row '{pid}': lowerBound {pt.lower[k]:g} and upperBound "
@@ -106,7 +90,7 @@ class PetabFitResult:
     @property
     def x_linear(self) -> np.ndarray:
         """Final points on the linear scale, (N, F)."""
-        return np.stack([_unscale(self.x[:, i], s) for i, s in enumerate(self.scales)],
+        return np.stack([unscale_values(self.x[:, i], s) for i, s in enumerate(self.scales)],
                         axis=1)
 
     @property
@@ -321,19 +305,12 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
 
 
 def _reasons(objective: Any, ok: np.ndarray) -> dict[int, str]:
-    """Why each failed start failed: the first condition whose status is not success."""
-    status = getattr(objective, "last_status", None)
+    """Why each failed start failed: its first condition whose status is not success."""
+    status = objective.last_status  # (B, C) names of the last call
     out: dict[int, str] = {}
     for i in np.flatnonzero(~ok):
-        reason = "the objective or its gradient is not finite"
-        if status is not None:
-            row = status[i] if np.ndim(status) > 1 or isinstance(status, list) else None
-            if row is not None:
-                bad = [str(s) for s in np.ravel(np.asarray(row, dtype=object))
-                       if str(s) != "success"]
-                if bad:
-                    reason = bad[0]
-        out[int(i)] = reason
+        bad = [str(x) for x in status[i] if str(x) != "success"]
+        out[int(i)] = bad[0] if bad else "the objective or its gradient is not finite"
     return out
 
 

@@ -37,7 +37,7 @@ from kinabs.petab._steady_state import (
     steady_state,
 )
 
-__all__ = ["EvaluationResult", "BatchResult", "evaluate", "evaluate_batch"]
+__all__ = ["EvaluationResult", "BatchResult", "evaluate", "evaluate_batch", "likelihood"]
 
 # ``problem`` arguments are kinabs.petab._problem.PetabProblem objects; that module is not
 # imported here because the problem's own evaluate methods use this one.
@@ -150,7 +150,7 @@ def evaluate_batch(problem: Any, parameters: Any, *, parameter_scale: str = "sca
         sigma = np.broadcast_to(np.asarray(eval_formula(obs.noise, env), float), shape)
         meas = plan.measurement[rows][None, :]
         simulations[:, rows], sigmas[:, rows] = y, sigma
-        llh_rows[:, rows], chi2_rows[:, rows] = _likelihood(
+        llh_rows[:, rows], chi2_rows[:, rows] = likelihood(
             meas, y, sigma, obs.transformation, obs.distribution)
     log_prior = None
     if priors:
@@ -163,19 +163,22 @@ def evaluate_batch(problem: Any, parameters: Any, *, parameter_scale: str = "sca
                        conditions=plan.conditions, log_prior=log_prior)
 
 
-def _likelihood(m, s, sigma, trafo: str, dist: str):
+def likelihood(m, s, sigma, trafo: str, dist: str, xp: Any = np):
+    """Per measurement the log-likelihood and the squared normalised residual (chi2 term)
+    of measurements ``m`` (numpy) given simulations ``s`` and noise ``sigma`` on the array
+    namespace ``xp`` (numpy here; jax.numpy in the compiled objective)."""
     with np.errstate(all="ignore"):
         if trafo == "lin":
             tm, ts, jac = m, s, 0.0
         elif trafo == "log":
-            tm, ts, jac = np.log(m), np.log(s), np.log(m)
+            tm, ts, jac = np.log(m), xp.log(s), np.log(m)
         else:
-            tm, ts, jac = np.log10(m), np.log10(s), np.log(m * _LN10)
+            tm, ts, jac = np.log10(m), xp.log10(s), np.log(m * _LN10)
         r = (tm - ts) / sigma
         if dist == "normal":
-            llh = -0.5 * np.log(2 * np.pi * sigma ** 2) - 0.5 * r ** 2 - jac
+            llh = -0.5 * xp.log(2 * np.pi * sigma ** 2) - 0.5 * r ** 2 - jac
         else:
-            llh = -np.log(2 * sigma) - np.abs(r) - jac
+            llh = -xp.log(2 * sigma) - xp.abs(r) - jac
     return llh, r ** 2
 
 
