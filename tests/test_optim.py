@@ -150,3 +150,75 @@ def test_bfgs_minimises_an_objective_that_is_negative():
     assert s["converged"].all()
     np.testing.assert_allclose(s["x"], 3.0, atol=1e-6)
     np.testing.assert_allclose(s["f"], -5.0, atol=1e-10)
+
+
+def _bfgs_run(fg, x0, n=200, state=None):
+    """BFGS on ``fg(x) -> (f, g)`` (B,), (B, n) without bounds, from ``x0`` (or a prepared
+    ``state``); converged starts keep their state."""
+    method = kinabs.BFGS()
+    lower, upper = np.full(x0.shape[1], -np.inf), np.full(x0.shape[1], np.inf)
+    s = method.init(x0, xp) if state is None else state
+    for _ in range(n):
+        f, g = fg(s["trial"])
+        new = method.update(s, f, g, np.ones(x0.shape[0], bool), lower, upper, xp, _solve)
+        live = ~s["converged"]
+        s = {k: np.where(live.reshape((-1,) + (1,) * (v.ndim - 1)), v, s[k])
+             for k, v in new.items()}
+        if s["converged"].all():
+            break
+    return s
+
+
+def _sloppy(x):
+    """A negative log-likelihood-like quadratic: minimum 100 at 0, curvatures 1e-3 and 1e3
+    along axes turned by 0.3 rad (a sloppy model's)."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    q = np.array([[c, -s], [s, c]])
+    a = q @ np.diag([1e-3, 1e3]) @ q.T
+    return 100.0 + 0.5 * np.einsum("bi,ij,bj->b", x, a, x), x @ a
+
+
+def test_bfgs_small_falls_on_a_poor_quasi_newton_direction_do_not_end_a_start():
+    """On a sloppy quadratic the first scaling (s'y/y'y of a stiff step) leaves the inverse
+    Hessian 1e6 too small along the sloppy direction: its steps there fall by less than
+    ftol |f|. That ended these starts (as "converged") 1e-3 to 5e-3 above the minimum with
+    a projected gradient of 1e-3; a restart from steepest descent reaches the minimum."""
+    x0 = np.array([[-4.0, 4.0], [-2.0, -4.0], [-2.0, 0.0], [0.0, -2.0]])
+    s = _bfgs_run(_sloppy, x0)
+    assert s["converged"].all()
+    np.testing.assert_allclose(s["f"], 100.0, rtol=0, atol=1e-10)
+    _, g = _sloppy(s["x"])
+    assert (np.abs(g).max(-1) < 1e-6).all()
+    assert (s["evaluations"] <= 20).all()
+
+
+def test_bfgs_a_stalled_line_search_on_a_poor_direction_restarts_from_steepest_descent():
+    """An inverse Hessian far too small along the gradient (as a poor update leaves it)
+    gives a trial step below xtol at once: the line search has stalled, but the projected
+    gradient is 5. The start restarts from steepest descent (the first start) and
+    reaches the minimum; a start at the minimum still converges at once (the second)."""
+    def fg(x):
+        return 100.0 + 0.5 * (x * x).sum(-1), x.copy()
+
+    x0 = np.array([[5.0, 0.0], [0.0, 0.0]])
+    s = kinabs.BFGS().init(x0, xp)
+    s["Hinv"] = s["Hinv"] * 0 + np.diag([1e-14, 1.0])
+    s["scaled"] = np.ones(2, bool)
+    s["reset"] = np.zeros(2, bool)  # the direction is quasi-Newton, not the first one
+    s = _bfgs_run(fg, x0, state=s)
+    assert s["converged"].all()
+    np.testing.assert_allclose(s["x"], 0.0, atol=1e-8)
+    np.testing.assert_allclose(s["f"], 100.0, rtol=0, atol=1e-12)
+    assert s["evaluations"][0] <= 10 and s["evaluations"][1] <= 3
+
+
+def test_bfgs_a_kink_at_the_minimum_still_ends_converged_within_few_evaluations():
+    """At a kink the gradient never vanishes (the projected gradient stays 1): the start
+    must still end, on steepest descent, as "converged", after few evaluations."""
+    def fg(x):
+        return 100 + np.abs(x - 1).sum(-1) + 0.5 * ((x - 1) ** 2).sum(-1), np.sign(x - 1) + x - 1
+
+    s = _bfgs_run(fg, np.array([[-1.2, 1.0], [3.0, -2.0], [0.0, 0.0], [1.0, 5.0]]))
+    assert s["converged"].all()
+    np.testing.assert_allclose(s["x"], 1.0, atol=1e-7)
+    assert (s["evaluations"] <= 40).all()
