@@ -113,9 +113,11 @@ def scipy_reference(model, times: np.ndarray, outputs: list, *, t0: float = 0.0)
     from scipy.integrate import solve_ivp
 
     import kinabs
+    from kinabs._lowering.events import refuse_events
     from kinabs._lowering.ops import numpy_ops
 
     system = kinabs.lower(model)
+    refuse_events(system, "the scipy reference")
     fns = system.generated.bind(numpy_ops())
     y0, k = fns.init(np.float64(t0), system.parameter_defaults)
     y0 = np.asarray(y0, dtype=np.float64)

@@ -39,6 +39,7 @@ from kinabs._model import (
     AVOGADRO,
     TIME,
     Compartment,
+    Event,
     Model,
     Parameter,
     Reaction,
@@ -56,7 +57,7 @@ from kinabs.sbml import load_sbml, read_sbml_string, sbml_string, write_sbml
 map_checkout_backends()
 
 __all__ = [
-    "AVOGADRO", "TIME", "AdjointOptions", "Backend", "BackendError", "Compartment",
+    "AVOGADRO", "TIME", "AdjointOptions", "Backend", "BackendError", "Compartment", "Event",
     "ConformanceReport", "ConformanceTolerances", "check_conformance",
     "DataError", "Experiment", "KinabsError", "Trainer", "TrainingData", "TrainingResults",
     "exponentiate_parameters", "log_transform_parameters", "Model", "ModelBuilder", "ModelError", "OdeSystem",

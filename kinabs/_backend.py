@@ -129,6 +129,16 @@ class Backend(ABC):
         :class:`kinabs._problem.FitProblem`). ``optimizer_key`` names the optimizer when it
         is a known default (lets the backend cache programs)."""
 
+    def event_segment(self, system: Any, times: np.ndarray, t_start: np.ndarray,
+                      t_stop: np.ndarray, y: np.ndarray, k: np.ndarray, sides: np.ndarray,
+                      solver: Any) -> Any:
+        """Solve a batch of a system with events from ``(t_start, y)`` (B,), (B, S) with
+        constants ``k`` (B, K) until the first crossing of a trigger atom away from its
+        side ``sides`` (B, A) of zero, or ``t_stop`` (B,): a
+        :class:`kinabs._events.SegmentResult` (``kinabs._events`` applies the events
+        between segments). Backends without one raise :class:`kinabs.BackendError`."""
+        raise BackendError(f"the {self.name} backend cannot simulate models with events.")
+
     def petab_objective(self, problem: Any, *, solver: Any, steady_state: Any,
                         adjoint: Any) -> Any:
         """The compiled, differentiable log-likelihood of a PEtab problem (see

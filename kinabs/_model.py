@@ -47,6 +47,7 @@ __all__ = [
     "RateOf",
     "Rem",
     "Quotient",
+    "Event",
 ]
 
 #: The symbol for simulation time (SBML csymbol ``time``). Its name is not a valid SBML id,
@@ -206,6 +207,37 @@ class Reaction:
     name: str = ""
 
 
+@dataclass(frozen=True)
+class Event:
+    """An SBML event: when ``trigger`` turns true, after ``delay``, set each variable of
+    ``assignments`` to its value (in the variable's own units: a species' concentration
+    unless it has only substance units).
+
+    ``initial_value`` is the trigger's value just before the start (False: a trigger true
+    at the start fires there); a non-``persistent`` event whose trigger turns false before
+    its delay has passed is cancelled; ``use_values_from_trigger_time`` computes the
+    assigned values when the trigger fires rather than when the event executes; events
+    due at the same time execute by decreasing ``priority``.
+
+    Example:
+        >>> import kinabs, sympy
+        >>> from kinabs._model import TIME
+        >>> e = kinabs.Event("dose", trigger=TIME >= 5, assignments=(("A", sympy.Integer(1)),))
+        >>> e.persistent, e.delay is None
+        (True, True)
+    """
+
+    id: str
+    trigger: sympy.Basic
+    assignments: tuple[tuple[str, sympy.Expr], ...] = ()
+    delay: sympy.Expr | None = None
+    priority: sympy.Expr | None = None
+    initial_value: bool = True
+    persistent: bool = True
+    use_values_from_trigger_time: bool = True
+    name: str = ""
+
+
 @dataclass
 class Model:
     """A kinetic model: the one type that the SBML reader and the builder produce.
@@ -240,6 +272,8 @@ class Model:
     initial_assignments: dict[str, sympy.Expr] = field(default_factory=dict)
     #: model-level conversion factor (a parameter id), SBML L3.
     conversion_factor: str | None = None
+    #: event id (or ``"event #n"`` for one without an id) -> :class:`Event`.
+    events: dict[str, Event] = field(default_factory=dict)
     #: where the model came from (a file path), for messages.
     source: str | None = None
 
@@ -301,6 +335,10 @@ class Model:
             for k, v in rules.items():
                 h.update(f"{name}{k}={sympy.srepr(v)};".encode())
         h.update(f"cf={self.conversion_factor}".encode())
+        for e in self.events.values():
+            h.update(f"e{e.id}:{sympy.srepr(e.trigger)}:{e.assignments!r}:{e.delay!r}:"
+                     f"{e.priority!r}:{e.initial_value}{e.persistent}"
+                     f"{e.use_values_from_trigger_time};".encode())
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -308,5 +346,6 @@ class Model:
             f"Model(id={self.id!r}, compartments={len(self.compartments)}, "
             f"species={len(self.species)}, parameters={len(self.parameters)}, "
             f"reactions={len(self.reactions)}, rules={len(self.assignment_rules)}+"
-            f"{len(self.rate_rules)}, initial_assignments={len(self.initial_assignments)})"
+            f"{len(self.rate_rules)}, initial_assignments={len(self.initial_assignments)}"
+            + (f", events={len(self.events)})" if self.events else ")")
         )

@@ -19,6 +19,7 @@ import numpy as np
 
 from kinabs._backend import STATUS, get_backend
 from kinabs._errors import DataError, SimulationError
+from kinabs._events import simulate_with_events
 from kinabs._lowering.diagnose import nonfinite_at_start
 from kinabs._lowering.system import OdeSystem, as_system
 from kinabs._model import Model
@@ -289,10 +290,16 @@ def simulate(
     names = _column_names(keys)
     index = np.asarray([system.output_index[k] for k in keys], dtype=np.int64)
 
-    raw = get_backend(backend).simulate(
-        system, ts, p, t0=float(t0), y0=y0, y0_mask=mask if y0 is not None else None,
-        output_index=index, solver=solver,
-    )
+    engine = get_backend(backend)
+    if system.events is not None:
+        raw = simulate_with_events(
+            system, engine, ts, p, t0=float(t0), y0=y0,
+            y0_mask=mask if y0 is not None else None, output_index=index, solver=solver)
+    else:
+        raw = engine.simulate(
+            system, ts, p, t0=float(t0), y0=y0, y0_mask=mask if y0 is not None else None,
+            output_index=index, solver=solver,
+        )
     status = tuple(STATUS.get(int(s), "solver_failed") for s in raw.status)
     values = np.array(raw.ys, dtype=np.float64)
     failed = [i for i, s in enumerate(status) if s != "success"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from kinabs._backend import RawSolution
 from kinabs._errors import BackendError
+from kinabs._lowering.events import refuse_events
 from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._stages import SolveStage, run_stages, solve_stages
 from kinabs.backends.jax._ops import JaxOps
@@ -143,6 +144,7 @@ def simulate(system, times, parameters, *, t0, y0, y0_mask, output_index, solver
              ) -> RawSolution:
     """``Backend.simulate`` on JAX: each stage of the solver policy (``kinabs._stages``)
     is one compiled, vmapped solve of the members the stages before it failed."""
+    refuse_events(system, "Backend.simulate")
     has_y0 = y0 is not None
     parameters = np.asarray(parameters)
     y0 = np.asarray(y0) if has_y0 else np.zeros((parameters.shape[0], len(system.states)))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kinabs._lowering.events import refuse_events
 from kinabs._lowering.system import as_system
 from kinabs.backends.torch._lowered import Lowered, lowered
 from kinabs.backends.torch._simulate import solve
@@ -65,6 +66,7 @@ class VectorField(torch.nn.Module):
                  device: Any = None) -> None:
         super().__init__()
         self.system = as_system(system)
+        refuse_events(self.system, "the torch VectorField module")
         sysm = self.system
         values = np.asarray(sysm.parameter_defaults if parameters is None else parameters,
                             dtype=np.float64)

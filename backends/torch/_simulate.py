@@ -37,6 +37,7 @@ import torch
 
 from kinabs._backend import RawSolution
 from kinabs._errors import BackendError
+from kinabs._lowering.events import refuse_events
 from kinabs._options import AdjointOptions, SolverOptions, adjoint_options
 from kinabs._stages import SolveStage, run_stages, solve_stages
 from kinabs.backends.torch._lowered import Lowered, lowered
@@ -248,6 +249,7 @@ def _run_stages(stages: tuple[SolveStage, ...], n: int, run):
 def simulate(system, times, parameters, *, t0, y0, y0_mask, output_index,
              solver) -> RawSolution:
     """``Backend.simulate`` on torch (see :class:`kinabs._backend.Backend`)."""
+    refuse_events(system, "Backend.simulate")
     low = lowered(system)
     fns = low.fns
     with torch.no_grad():

@@ -27,6 +27,7 @@ from kinabs._fit.loop import progress_bar, run_loop, to_space
 from kinabs._fit.results import TrainingResults
 from kinabs._fit.sampling import latin_hypercube
 from kinabs._fit.spec import FitSpec, default_method
+from kinabs._lowering.events import refuse_events
 from kinabs._lowering.system import as_system
 from kinabs._optim import Bounds, is_method
 from kinabs._options import AdjointOptions, SolverOptions, adjoint_options, solver_options
@@ -161,6 +162,7 @@ class Trainer:
         self._program = None
         self._program_key = None
         system = as_system(model)
+        refuse_events(system, "training")
         data = TrainingData.coerce(data)
         data.check_against(system)
         self.backend_name = resolve_backend_name(backend)
@@ -206,6 +208,7 @@ class Trainer:
     @model.setter
     def model(self, model: Any) -> None:
         system = as_system(model)
+        refuse_events(system, "training")
         self._data.check_against(system)
         _check_parameters(system, self.parameters, changing="model")
         check_constrains(self._data, system, self.parameters)

@@ -38,6 +38,7 @@ import sympy
 from kinabs._errors import DataError, ModelError
 from kinabs._lowering import rate_of as _rate_of
 from kinabs._lowering.codegen import generate
+from kinabs._lowering.events import EventSystem, event_targets, lower_events
 from kinabs._model import TIME, Model, sym
 
 __all__ = ["OdeSystem", "OutputKey", "as_system", "lower", "y_symbol", "k_symbol",
@@ -113,6 +114,8 @@ class OdeSystem:
     #: an amount state of a concentration species); converts user initial values.
     natural_to_state: tuple[sympy.Expr, ...] = ()
     reaction_ids: tuple[str, ...] = ()
+    #: the model's events, lowered (``kinabs._lowering.events``); None without events
+    events: EventSystem | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -270,9 +273,12 @@ class _Lowering:
     def __init__(self, model: Model):
         self.model = model
         self.m = model = _rate_of.with_placeholders(model)
+        #: what events assign: states, so that an event changes the state vector only
+        self.event_targets = event_targets(model)
         self.var_compartments = {
             c.id for c in model.compartments.values()
             if c.id in model.rate_rules or c.id in model.assignment_rules
+            or c.id in self.event_targets
         }
         self.refs = model.species_references()
 
@@ -308,9 +314,12 @@ class _Lowering:
                 # amount stays (also for a constant species: test suite cases 01117, 01118)
                 states.append(sp.id)
                 kinds.append("amount")
+            elif sp.id in self.event_targets:
+                states.append(sp.id)
+                kinds.append(natural)
         for group in (m.compartments, m.parameters):
             for x in group:
-                if x in m.rate_rules:
+                if x in m.rate_rules or x in self.event_targets:
                     states.append(x)
                     kinds.append("value")
         for x in m.rate_rules:
@@ -545,6 +554,7 @@ class _Lowering:
                                                               "outputs"))
         y0, init_derived = exprs["y0"], exprs["derived"]
         all_ones = all(s == 1 for s in scale)
+        events = lower_events(m, dyn, sidx)
         return OdeSystem(
             model=self.model,
             states=tuple(self.states),
@@ -563,6 +573,7 @@ class _Lowering:
             output_exprs=out_exprs,
             natural_to_state=tuple(to_state),
             reaction_ids=rids,
+            events=events,
         )
 
     def _expand_rate_of(self, dyn, stoich, exprs):
@@ -675,4 +686,5 @@ def _content_key(model: Model) -> int:
         tuple((r.id, r.rate, r.reactants, r.products) for r in model.reactions.values()),
         tuple(model.assignment_rules.items()), tuple(model.rate_rules.items()),
         tuple(model.initial_assignments.items()), model.conversion_factor,
+        tuple(model.events.items()),
     ))

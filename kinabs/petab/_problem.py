@@ -51,6 +51,7 @@ import pandas as pd
 import sympy
 
 from kinabs._errors import DataError
+from kinabs._lowering.events import refuse_events
 from kinabs._lowering.system import OdeSystem, as_system
 from kinabs._model import Model
 from kinabs.petab._conditions import ConditionPlan, Refs, condition_plan, parse_ref
@@ -275,6 +276,7 @@ def load(yaml_path: str | Path, *, lint: bool = True) -> PetabProblem:
                         "condition table does not define.")
     model = _prepared_model(load_sbml(tables.sbml_path), params, cond_df.loc[used])
     system = as_system(model)
+    refuse_events(system, "a PEtab problem")
     plans = {c: condition_plan(system, c, cond_df.loc[c], x_index,
                                where=tables.where_id("condition", c)) for c in used}
     table_p, table_theta = [], []

@@ -4,8 +4,10 @@ Before libsbml sees the text, one streaming expat pass (``kinabs.sbml._xmlcheck`
 that it is well-formed XML without a DTD, nested at most 256 elements deep (deeper files
 crash libsbml). The document is then read and validated by libsbml (units checks off; only
 errors fail, headlined by libsbml's first message with its line number), then every element is copied into the symbolic
-model and every piece of math converted node by node (``kinabs.sbml._math``). Features
-kinabs does not simulate (events, algebraic rules, delays, fast reactions, packages that
+model and every piece of math converted node by node (``kinabs.sbml._math``). A
+hierarchical (comp) model is flattened first (``kinabs.sbml._comp``); algebraic rules with a
+unique closed-form solution become assignment rules (``kinabs.sbml._algebraic``). Features
+kinabs does not simulate (other algebraic rules, delays, fast reactions, packages that
 change the meaning of a model) raise :class:`~kinabs.UnsupportedFeatureError` naming the
 element; they are never skipped silently. A NaN or infinite value that the simulation
 would use (an initial value, size, stoichiometry, or a parameter that math refers to) raises
@@ -31,6 +33,7 @@ import sympy
 from kinabs._errors import ModelError, SBMLError, UnsupportedFeatureError
 from kinabs._model import (
     Compartment,
+    Event,
     Model,
     Parameter,
     Reaction,
@@ -38,6 +41,8 @@ from kinabs._model import (
     SpeciesReference,
     sym,
 )
+from kinabs.sbml._algebraic import add_algebraic_rules, deferred_checks
+from kinabs.sbml._comp import flatten_comp
 from kinabs.sbml._math import MathConverter
 from kinabs.sbml._xmlcheck import check_xml_file, check_xml_text
 
@@ -77,6 +82,7 @@ def load_sbml(path: str | os.PathLike) -> Model:
     # Well-formed, no DTD and not too deep before libsbml, which can crash on deep files.
     check_xml_file(p, f"'{p}'")
     doc = libsbml.SBMLReader().readSBMLFromFile(str(p))
+    doc.setLocationURI(p.resolve().as_uri())  # comp: external models sit beside the file
     return _model_from_document(doc, str(p))
 
 
@@ -131,11 +137,13 @@ def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model
                         "file at that line; all of libsbml's errors:", errors)
     if doc.getModel() is None:
         raise SBMLError(f"{name} is an SBML document without a <model>; nothing to read.")
+    doc = flatten_comp(doc, name, tolerated=set(_DEMOTED_ERRORS))  # comp: one flat model
     _check_packages(doc)
     for category in _SKIPPED_CHECKS:
         doc.setConsistencyChecks(category, False)
     if doc.checkConsistency():
-        errors = _messages(doc, skip=set(_DEMOTED_ERRORS))
+        # Over-determined with algebraic rules: add_algebraic_rules names the rule.
+        errors = _messages(doc, skip=set(_DEMOTED_ERRORS) | deferred_checks(doc))
         for rule, meaning in _DEMOTED_ERRORS.items():
             count = sum(1 for i in range(doc.getNumErrors())
                         if doc.getError(i).getErrorId() == rule)
@@ -204,6 +212,8 @@ class _ModelReader:
         self._parameters()
         self._reactions()
         self._rules()
+        add_algebraic_rules(self.sbml, self.m, self.math)  # 0 = f(x) -> x = g(...), or refuse
+        self._events()
         if self.sbml.isSetConversionFactor():
             self.m.conversion_factor = self.sbml.getConversionFactor()
         self._check_ids()
@@ -212,14 +222,8 @@ class _ModelReader:
 
     def _check_unsupported(self) -> None:
         s = self.sbml
-        if s.getNumEvents():
-            e = s.getEvent(0)
-            raise UnsupportedFeatureError(e.getId() or "event #1", "event",
-                                          f"The model has {s.getNumEvents()} event(s).")
-        for i, rule in enumerate(s.getListOfRules()):
-            if rule.isAlgebraic():
-                raise UnsupportedFeatureError(rule.getIdAttribute() or f"rule #{i + 1}",
-                                              "algebraic rule")
+        # Algebraic rules: solved into assignment rules after _rules(), or refused there
+        # (kinabs.sbml._algebraic).
         if s.getNumConstraints():
             warnings.warn(f"SBML model '{self.m.id}' has {s.getNumConstraints()} "
                           "constraint(s); kinabs does not check constraints during "
@@ -305,7 +309,7 @@ class _ModelReader:
         # SBML L3V2: a rule or initial assignment without <math> has no effect.
         for rule in self.sbml.getListOfRules():
             var = rule.getVariable()
-            if not rule.isSetMath():
+            if not rule.isSetMath() or rule.isAlgebraic():  # algebraic: add_algebraic_rules
                 continue
             target = (self.m.assignment_rules if rule.isAssignment() else self.m.rate_rules)
             target[var] = self.math.expr(rule.getMath(), where=var)
@@ -314,6 +318,53 @@ class _ModelReader:
             if not ia.isSetMath():
                 continue
             self.m.initial_assignments[var] = self.math.expr(ia.getMath(), where=var)
+
+    def _events(self) -> None:
+        for i, ev in enumerate(self.sbml.getListOfEvents()):
+            eid = ev.getId() or f"event #{i + 1}"
+            where = f"event '{eid}'"
+            trig = ev.getTrigger()
+            if trig is not None and trig.isSetMath():
+                trigger = self.math.boolean(trig.getMath(), where=eid)
+            else:
+                trigger = sympy.false  # SBML L3V2: no trigger, never fires
+            l3 = self.level >= 3
+            initial = bool(trig.getInitialValue()) if l3 and trig is not None else True
+            persistent = bool(trig.getPersistent()) if l3 and trig is not None else True
+            delay = priority = None
+            if ev.isSetDelay() and ev.getDelay().isSetMath():
+                delay = self.math.expr(ev.getDelay().getMath(), where=f"{eid} delay")
+            if l3 and ev.isSetPriority() and ev.getPriority().isSetMath():
+                priority = self.math.expr(ev.getPriority().getMath(), where=f"{eid} priority")
+            assignments = []
+            for ea in ev.getListOfEventAssignments():
+                var = ea.getVariable()
+                self._check_event_target(var, where)
+                if ea.isSetMath():
+                    assignments.append((var, self.math.expr(ea.getMath(), where=f"{eid}: {var}")))
+            self.m.events[eid] = Event(
+                id=eid, trigger=trigger, assignments=tuple(assignments), delay=delay,
+                priority=priority, initial_value=initial, persistent=persistent,
+                use_values_from_trigger_time=(ev.getUseValuesFromTriggerTime()
+                                              if ev.isSetUseValuesFromTriggerTime() else True),
+                name=ev.getName())
+
+    def _check_event_target(self, var: str, where: str) -> None:
+        m = self.m
+        element = (m.species.get(var) or m.compartments.get(var) or m.parameters.get(var))
+        if element is None:
+            if var in m.species_references():
+                raise UnsupportedFeatureError(var, "event assignment to a stoichiometry",
+                                              f"({where}).")
+            raise SBMLError(f"{self.name}: {where} assigns '{var}', which is not a species, "
+                            "compartment or parameter of the model; fix the variable id.")
+        if element.constant:
+            raise SBMLError(f"{self.name}: {where} assigns '{var}', which is constant; "
+                            "SBML allows event assignments to non-constant variables only. "
+                            "Set constant=\"false\" on it.")
+        if var in m.assignment_rules:
+            raise SBMLError(f"{self.name}: {where} assigns '{var}', which an assignment "
+                            "rule also sets; SBML forbids this.")
 
     def _check_finite(self) -> None:
         """Refuse NaN/INF values the simulation would use as numbers, naming each one.
@@ -386,6 +437,11 @@ class _ModelReader:
                 raise ModelError(f"{kind}(s) for {unknown_targets}, which the model does not "
                                  "define; expected a compartment, species, parameter or "
                                  "species-reference id.")
+        for e in self.m.events.values():
+            places.append((f"the trigger of event '{e.id}'", e.trigger))
+            places += [(f"event '{e.id}' ({part})", x) for part, x in
+                       (("delay", e.delay), ("priority", e.priority), *e.assignments)
+                       if x is not None]
         for where, expr in places:
             unknown = sorted(s.name for s in expr.free_symbols
                              if not s.name.startswith("@") and s.name not in known)

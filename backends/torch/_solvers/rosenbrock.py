@@ -56,9 +56,10 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _initial_step(rhs, t0, y0, k, rtol, atol, order, span) -> np.ndarray:
-    """Hairer's starting step size, per batch member."""
+    """Hairer's starting step size, per batch member (``t0``: a number or (B,))."""
     with torch.no_grad():
-        t = torch.full(y0.shape[:1], t0, dtype=y0.dtype, device=y0.device)
+        t = torch.as_tensor(np.array(np.broadcast_to(np.asarray(t0, dtype=np.float64), y0.shape[:1])),
+                            dtype=y0.dtype, device=y0.device)
         f0 = rhs(t, y0, k)
         sc = atol + rtol * y0.abs()
         d0, d1 = _rms(y0 / sc), _rms(f0 / sc)
@@ -71,7 +72,8 @@ def _initial_step(rhs, t0, y0, k, rtol, atol, order, span) -> np.ndarray:
         h = torch.minimum(100 * h0, h1)
     h = h.cpu().numpy()
     h = np.where(np.isfinite(h) & (h > 0), h, 1e-6)
-    return np.minimum(h, span if span > 0 else 1.0)
+    span = np.where(np.asarray(span) > 0, span, 1.0)
+    return np.minimum(h, span)
 
 
 def _coefficients(tab: RosenbrockTableau, like: torch.Tensor) -> list[torch.Tensor | None]:

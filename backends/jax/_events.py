@@ -1,0 +1,110 @@
+"""Segments of a simulation with events on JAX: one compiled, vmapped ``diffeqsolve``
+per solver stage that stops each member at its first trigger-atom crossing (a
+``diffrax.Event`` per atom, root-found by Newton's method) or at its own stop time.
+
+Each atom's condition is ``-side * g``: negative on the side the atom is on, so the
+upward crossing that ``direction=True`` watches for is the atom leaving its side, and a
+restart exactly at a root (the condition ~0) does not stop again at once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+
+from kinabs._events import SegmentResult
+from kinabs._options import SolverOptions
+from kinabs._stages import SolveStage, run_stages, solve_stages
+from kinabs.backends.jax._ops import JaxOps
+from kinabs.backends.jax._simulate import AUTO_EXPLICIT_STEP_CAP, lowered, make_solver
+
+__all__ = ["event_segment"]
+
+#: Tolerance of the event-time root finder, relative and absolute (in time units).
+ROOT_TOL = 1e-12
+
+
+def _atoms(system):
+    fns = system._cache.get("jax-events")
+    if fns is None:
+        with jax.enable_x64(True):
+            fns = system.events.bind(JaxOps())
+        system._cache["jax-events"] = fns
+    return fns[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(system, method, opts: SolverOptions, max_steps: int):
+    fns = lowered(system)
+    atoms = _atoms(system)
+    n_atoms = len(system.events.atoms)
+    solver = make_solver(method)
+    breaks = fns.generated.time_breaks
+
+    def one(t_start, t_stop, y0, k, sides, ts):
+        active = t_stop > t_start
+        start_ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(fns.rhs(t_start, y0, k)))
+        run = active & start_ok
+        term = diffrax.ODETerm(
+            lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
+        t1 = jnp.where(active, t_stop, t_start + 1.0)
+        event = None
+        if n_atoms:
+            def cond(i):
+                return lambda t, y, args, **kw: -sides[i] * atoms(t, y, args[0])[i]
+            event = diffrax.Event(cond_fn=[cond(i) for i in range(n_atoms)],
+                                  root_finder=optx.Newton(rtol=ROOT_TOL, atol=ROOT_TOL),
+                                  direction=[True] * n_atoms)
+        controller = diffrax.PIDController(
+            rtol=opts.rtol, atol=opts.atol,
+            jump_ts=jnp.asarray(breaks, dtype=jnp.float64) if breaks else None)
+        sol = diffrax.diffeqsolve(
+            term, solver, t0=t_start, t1=t1, dt0=opts.dt0, y0=y0, args=(k, run),
+            saveat=diffrax.SaveAt(ts=jnp.clip(ts, t_start, t1), t1=True),
+            stepsize_controller=controller, max_steps=max_steps, throw=False, event=event)
+        # with an event, diffrax packs the saves: the save times it reached, then the
+        # end (t1 or the event), then inf
+        last = jnp.sum(jnp.isfinite(sol.ts)) - 1
+        ys, t_end, y_end = sol.ys[:-1], sol.ts[last], sol.ys[last]
+        hit = sol.result == diffrax.RESULTS.event_occurred
+        if n_atoms:
+            mask = jnp.stack([jnp.asarray(m) for m in sol.event_mask])
+            fired = jnp.where(hit & jnp.any(mask), jnp.argmax(mask), -1)
+        else:
+            fired = jnp.asarray(-1)
+        ok = (sol.result == diffrax.RESULTS.successful) | hit
+        finite = jnp.all(jnp.isfinite(y_end))
+        status = jnp.where(ok, jnp.where(finite, 0, 2),
+                           jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, 1, 3))
+        status = jnp.where(active, jnp.where(start_ok, status, 2), 0)
+        fired = jnp.where(active, fired, -1)
+        t_end = jnp.where(active, t_end, t_start)
+        y_end = jnp.where(active, y_end, y0)
+        return ys, t_end, y_end, fired, status, sol.stats["num_accepted_steps"], start_ok
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None)))
+
+
+def event_segment(system, times, t_start, t_stop, y, k, sides, solver) -> SegmentResult:
+    """``Backend.event_segment`` on JAX (see :class:`kinabs.Backend`)."""
+    stages = solve_stages(solver, explicit_cap=AUTO_EXPLICIT_STEP_CAP)
+    with jax.enable_x64(True):
+        args = [jnp.asarray(np.asarray(a, dtype=np.float64))
+                for a in (t_start, t_stop, y, k, sides)]
+        ts = jnp.asarray(np.asarray(times, dtype=np.float64))
+
+        def solve(stage: SolveStage, members: np.ndarray):
+            fn = _compiled(system, stage.method, solver, stage.max_steps)
+            idx = jnp.asarray(members)
+            ys, t_end, y_end, fired, status, steps, ok = fn(*[a[idx] for a in args], ts)
+            return (np.asarray(ys), np.asarray(status), np.asarray(steps), np.asarray(ok),
+                    np.asarray(t_end), np.asarray(y_end), np.asarray(fired))
+
+        ys, status, steps, _, t_end, y_end, fired = run_stages(stages, len(t_start), solve)
+    return SegmentResult(ys=ys, t_end=t_end, y_end=y_end, fired=fired, status=status,
+                         steps=steps)

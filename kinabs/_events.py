@@ -1,0 +1,254 @@
+"""Simulation of models with SBML events, the same on every backend.
+
+A backend solves *segments*: from each member's time and state up to the first zero
+crossing of a trigger atom (root-found inside the solver, see
+``kinabs._lowering.events``) or a stop time, whichever comes first
+(:meth:`kinabs.Backend.event_segment`). Between segments this module applies SBML's event
+semantics per batch member, on numpy:
+
+* a trigger fires when it turns from false to true (``initialValue`` is its value just
+  before the start, so a trigger true at the start fires there unless it is true);
+* its delay is evaluated when it fires, and the execution is scheduled; with
+  ``useValuesFromTriggerTime`` the assigned values are computed then too;
+* executions due at one time run one at a time by decreasing priority (equal
+  priorities in an order drawn from ``random.Random(seed)``, so runs repeat); after each,
+  every trigger is evaluated again: new firings join, and a non-persistent event whose
+  trigger turned false is cancelled;
+* more than :data:`MAX_EVENTS_AT_ONE_TIME` executions at one time is an error naming the
+  events (a cascade that does not end).
+
+Outputs at a save time equal to an event time show the state after the event.
+
+Example:
+    A dose at ``t = 2`` on a decay ``A -> `` (``A = exp(-t)`` before it):
+
+    >>> import kinabs, sympy, numpy as np
+    >>> b = kinabs.ModelBuilder("dose")
+    >>> b.species("A", initial_concentration=1.0)
+    A
+    >>> b.parameter("k", 1.0)
+    k
+    >>> b.reaction("r", "A ->", rate="k*A")
+    r
+    >>> model = b.build()
+    >>> model.events["dose"] = kinabs.Event(
+    ...     "dose", trigger=kinabs.TIME >= 2, assignments=(("A", sympy.Integer(1)),))
+    >>> result = kinabs.simulate(model, [1.0, 2.0, 3.0], backend="torch")
+    >>> np.round(result.values[0, :, 0], 6)  # exp(-1), 1 after the dose, exp(-1)
+    array([0.367879, 1.      , 0.367879])
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kinabs._backend import RawSolution
+from kinabs._errors import SimulationError
+from kinabs._lowering.ops import numpy_ops
+
+__all__ = ["simulate_with_events", "SegmentResult", "MAX_EVENTS_AT_ONE_TIME",
+           "MAX_SEGMENTS"]
+
+#: Event executions at one time before the cascade counts as endless.
+MAX_EVENTS_AT_ONE_TIME = 1000
+#: Segments (solves between events) per simulation before it counts as endless.
+MAX_SEGMENTS = 100_000
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What :meth:`kinabs.Backend.event_segment` returns for a batch, as numpy arrays:
+    ``ys`` (B, T, S) at the save times within ``[t_start, t_end)`` (anything elsewhere);
+    ``t_end`` (B,) where it stopped; ``y_end`` (B, S) the state there; ``fired`` (B,) the
+    atom whose crossing stopped it, or -1; ``status`` (B,) (0 = success); ``steps`` (B,)."""
+
+    ys: np.ndarray
+    t_end: np.ndarray
+    y_end: np.ndarray
+    fired: np.ndarray
+    status: np.ndarray
+    steps: np.ndarray
+
+
+@dataclass
+class _Member:
+    t: float
+    y: np.ndarray
+    k: np.ndarray
+    sides: np.ndarray
+    trig: list[bool]
+    pending: list = field(default_factory=list)  # (time, seq, event, values or None)
+    status: int = 0
+    steps: int = 0
+    saved: int = 0  # save times done
+    index: int = 0  # in the batch
+
+
+class _Driver:
+    def __init__(self, system, ts, outputs_index, seed: int):
+        self.system, self.ev, self.ts = system, system.events, ts
+        ops = numpy_ops()
+        self.fns = system.generated.bind(ops)
+        self.atoms, self.values, self.delays, self.priorities = self.ev.bind(ops)
+        self.outputs = self.fns.outputs_at(outputs_index)
+        self.slices = self.ev.value_slices
+        self.rng = random.Random(seed)
+        self.seq = 0
+
+    # -- one member at one time ---------------------------------------------------
+    def _g(self, m: _Member) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return np.asarray(self.atoms(np.float64(m.t), m.y, m.k), dtype=np.float64)
+
+    def _fire(self, m: _Member, e: int) -> None:
+        event = self.ev.events[e]
+        t = np.float64(m.t)
+        delay = 0.0
+        if event.has_delay:
+            delay = float(self.delays(t, m.y, m.k)[e])
+            if not delay >= 0:
+                raise SimulationError(
+                    f"event '{event.id}' fired at t={m.t:g} with delay {delay:g}; a delay "
+                    "must be a number >= 0. Fix the event's delay.")
+        values = None
+        if event.use_values_from_trigger_time:
+            values = np.asarray(self.values(t, m.y, m.k), dtype=np.float64)[self.slices[e]]
+        self.seq += 1
+        m.pending.append((m.t + delay, self.seq, e, values))
+
+    def _triggers(self, m: _Member) -> None:
+        now = self.ev.truths(m.sides)
+        for e, (before, after) in enumerate(zip(m.trig, now)):
+            if after and not before:
+                self._fire(m, e)
+            elif before and not after and not self.ev.events[e].persistent:
+                m.pending = [q for q in m.pending if q[2] != e]
+        m.trig = now
+
+    def _execute(self, m: _Member, entry) -> None:
+        _, _, e, values = entry
+        event = self.ev.events[e]
+        t = np.float64(m.t)
+        if values is None:
+            values = np.asarray(self.values(t, m.y, m.k), dtype=np.float64)[self.slices[e]]
+        if not event.targets:
+            return
+        y = m.y.copy()
+        species = self.system.model.species
+        first = [(i, v) for i, v in zip(event.targets, values)
+                 if self.system.states[i] not in species]
+        for i, v in first:  # compartment sizes and parameters first ...
+            y[i] = v
+        factors = np.asarray(self.fns.to_state(t, y, m.k), dtype=np.float64)
+        for i, v in zip(event.targets, values):  # ... then species, at the new sizes
+            if self.system.states[i] in species:
+                y[i] = v * factors[i]
+        m.y = y
+
+    def instant(self, m: _Member) -> None:
+        """Fire, cancel and execute what is due at ``m.t`` until nothing is."""
+        self._triggers(m)
+        done = 0
+        while True:
+            ready = [q for q in m.pending if q[0] <= m.t]
+            if not ready:
+                return
+            if len(ready) > 1:
+                pr = np.asarray(self.priorities(np.float64(m.t), m.y, m.k), dtype=np.float64)
+                key = [pr[q[2]] if self.ev.events[q[2]].has_priority else -np.inf
+                       for q in ready]
+                best = max(key)
+                tied = [q for q, kv in zip(ready, key) if kv == best]
+                entry = tied[0] if len(tied) == 1 else self.rng.choice(
+                    sorted(tied, key=lambda q: q[1]))
+            else:
+                entry = ready[0]
+            m.pending.remove(entry)
+            g_before = self._g(m)
+            self._execute(m, entry)
+            g_after = self._g(m)
+            moved = g_after != g_before
+            m.sides = np.where(moved, self.ev.update_sides(m.sides, g_after), m.sides)
+            self._triggers(m)
+            done += 1
+            if done > MAX_EVENTS_AT_ONE_TIME:
+                ids = sorted({self.ev.events[q[2]].id for q in m.pending})
+                raise SimulationError(
+                    f"more than {MAX_EVENTS_AT_ONE_TIME} event executions at t={m.t:g} "
+                    f"(events {ids} keep triggering each other): the cascade does not end. "
+                    "Check the triggers and assignments of these events.")
+
+    def save(self, m: _Member, upto: float, ys: np.ndarray | None, inclusive: bool) -> None:
+        """Outputs at the save times from ``m.saved`` up to ``upto``: from the segment's
+        ``ys`` (T, S), or from the current state where ``ys`` is None."""
+        ts = self.ts
+        stop = np.searchsorted(ts, upto, side="right" if inclusive else "left")
+        idx = np.arange(m.saved, max(stop, m.saved))
+        if idx.size:
+            states = m.y[None, :] if ys is None else ys[idx]
+            with np.errstate(all="ignore"):
+                vals = np.stack([np.asarray(self.outputs(np.float64(ts[j]), s, m.k))
+                                 for j, s in zip(idx, np.broadcast_to(
+                                     states, (idx.size, m.y.size)))])
+            self.out[m.index, idx] = vals
+            m.saved = int(idx[-1]) + 1
+
+
+def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: float,
+                         y0: np.ndarray | None, y0_mask: np.ndarray | None,
+                         output_index: np.ndarray, solver: Any, seed: int = 0
+                         ) -> RawSolution:
+    """Simulate a batch (``p``: (B, P)) of a system with events on ``backend``; the same
+    arguments and result as :meth:`kinabs.Backend.simulate`."""
+    drv = _Driver(system, ts, output_index, seed)
+    ev, fns = system.events, drv.fns
+    b, t_final = p.shape[0], float(ts[-1])
+    drv.out = np.full((b, ts.size, len(output_index)), np.nan)
+    members: list[_Member] = []
+    with np.errstate(all="ignore"):
+        for i in range(b):
+            y, k = (np.asarray(a, dtype=np.float64) for a in fns.init(np.float64(t0), p[i]))
+            if y0 is not None:
+                factors = np.asarray(fns.to_state(np.float64(t0), y, k), dtype=np.float64)
+                y = np.where(y0_mask, y0[i] * factors, y)
+            m = _Member(t=float(t0), y=y, k=k, sides=np.zeros(len(ev.atoms)),
+                        trig=[e.initial_value for e in ev.events], index=i)
+            m.sides = ev.initial_sides(drv._g(m))
+            members.append(m)
+    for m in members:
+        drv.instant(m)
+    for _ in range(MAX_SEGMENTS):
+        live = [m for m in members if m.status == 0 and m.t < t_final]
+        if not live:
+            break
+        t_stop = np.asarray([min([q[0] for q in m.pending] + [t_final]) for m in live])
+        seg = backend.event_segment(
+            system, ts, np.asarray([m.t for m in live]), t_stop,
+            np.stack([m.y for m in live]), np.stack([m.k for m in live]),
+            np.stack([m.sides for m in live]), solver)
+        for j, m in enumerate(live):
+            m.steps += int(seg.steps[j])
+            if seg.status[j] != 0:
+                m.status = int(seg.status[j])
+                continue
+            fired = int(seg.fired[j])
+            t_end = float(seg.t_end[j]) if fired >= 0 else float(t_stop[j])
+            drv.save(m, t_end, seg.ys[j], inclusive=False)
+            m.t, m.y = t_end, np.asarray(seg.y_end[j], dtype=np.float64)
+            sides = ev.update_sides(m.sides, drv._g(m))
+            if fired >= 0:
+                sides[fired] = -m.sides[fired]
+            m.sides = sides
+            drv.instant(m)
+    else:
+        raise SimulationError(f"more than {MAX_SEGMENTS} solves between events; the "
+                              "events keep firing. Check their triggers.")
+    for m in members:
+        if m.status == 0:
+            drv.save(m, t_final, None, inclusive=True)
+    return RawSolution(ys=drv.out, status=np.asarray([m.status for m in members]),
+                       steps=np.asarray([m.steps for m in members]))
