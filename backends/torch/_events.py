@@ -40,10 +40,10 @@ from kinabs.backends.torch._solvers.tableaus import RODAS5
 
 __all__ = ["event_segment"]
 
-#: Bisection steps on a step's interpolant: the crossing to 2**-60 of the step.
-BISECTIONS = 60
+#: Bisection steps on a step's interpolant that isolate the first atom to cross.
+BISECTIONS = 10
 #: Regula-falsi steps on the solver's own steps after the bisection.
-REFINEMENTS = 8
+REFINEMENTS = 6
 
 
 def _atoms(system):
@@ -52,6 +52,27 @@ def _atoms(system):
         fns = system.events.bind(TorchOps())
         system._cache["torch-events"] = fns
     return fns[0]
+
+
+class _Stateless:
+    """A system without states as :func:`_stage_functions` sees it: one state, zero
+    derivative."""
+
+    def __init__(self, low):
+        self.step, self.dfdt = None, None
+        gen = low.fns.generated
+
+        class _Fns:
+            generated = gen
+
+            @staticmethod
+            def rhs(t, y, k):
+                return torch.zeros_like(y)
+
+        self.fns = _Fns()
+
+    def jac(self, t, y, k):
+        return torch.zeros(*y.shape, y.shape[-1], dtype=y.dtype)
 
 
 def _hermite(theta, h, y0, y1, f0, f1):
@@ -94,6 +115,14 @@ def _flips(kinds):
 
 
 def _segment(low, atoms, tab, ts, t_start, t_stop, y, k, sides, opts, kinds) -> SegmentResult:
+    if y.shape[1] == 0:
+        # no state (events on time alone): integrate one dummy state that stays 0, so the
+        # solver still steps and finds the crossings
+        seg = _segment(_Stateless(low), lambda t, yy, kk: atoms(t, yy[..., :0], kk), tab, ts,
+                       t_start, t_stop, torch.zeros(y.shape[0], 1, dtype=y.dtype), k,
+                       sides, opts, kinds)
+        return SegmentResult(ys=seg.ys[..., :0], t_end=seg.t_end, y_end=seg.y_end[:, :0],
+                             fired=seg.fired, status=seg.status, steps=seg.steps)
     b, n_s = y.shape
     n_t = ts.size
     rhs, jac, dfdt, rhs_jac = _stage_functions(low, k)
@@ -187,60 +216,85 @@ def _segment(low, atoms, tab, ts, t_start, t_stop, y, k, sides, opts, kinds) -> 
                          steps=steps)
 
 
+def _illinois(f, a, b, fa, fb, iterations, tol):
+    """Illinois regula falsi for the roots of ``f`` (numpy (R,) -> (R,)) in the brackets
+    ``[a, b]`` with ``fa < 0 <= fb`` (R,); returns the right ends (where ``f >= 0``)."""
+    side = np.zeros(a.shape)
+    last = np.full(a.shape, np.nan)
+    for _ in range(iterations):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.where(fb != fa, b - fb * (b - a) / (fb - fa), 0.5 * (a + b))
+        c = np.where((c > a) & (c < b), c, 0.5 * (a + b))
+        # converged: the bracket, or the trial point's move, below the tolerance
+        small = tol * np.maximum(np.abs(b), 1.0)
+        if np.all((b - a <= small) | (np.abs(c - last) <= small)):
+            break
+        last = c
+        fc = f(c)
+        right = fc >= 0
+        b, fb = np.where(right, c, b), np.where(right, fc, fb)
+        a, fa = np.where(right, a, c), np.where(right, fa, fc)
+        fa = np.where(right & (side > 0), 0.5 * fa, fa)  # an end kept twice: halve it
+        fb = np.where(~right & (side < 0), 0.5 * fb, fb)
+        side = np.where(right, 1.0, -1.0)
+    return b
+
+
 def _to_crossing(y, y_new, t, t_new, crossed, cond, signed, rhs, k, tab, coef, jac, dfdt,
                  rhs_jac, fired):
-    """For the ``crossed`` members: the first crossing in the step, found by bisection on
-    the step's Hermite interpolant, then refined by regula falsi (Illinois) on the fired
-    atom with the step itself redone to each trial time, so that the crossing has the
-    solver's accuracy. ``t_new`` and ``fired`` are updated in place; the states at the
-    crossings are returned in ``y_new``'s rows."""
+    """For the ``crossed`` members: the first crossing in the step. A few bisections on
+    the step's Hermite interpolant bracket the first atom to cross; regula falsi finds
+    its root on the interpolant, then again with the step itself redone to each trial
+    time, so that the crossing has the solver's accuracy. ``t_new`` and ``fired`` are
+    updated in place; the states at the crossings are returned in ``y_new``'s rows."""
     rows = np.flatnonzero(crossed)
     idx = torch.as_tensor(rows)
     ta, tb = t[rows], t_new[rows]
-    h = torch.as_tensor(tb - ta, dtype=y.dtype)
+    span = tb - ta
+    h = torch.as_tensor(span, dtype=y.dtype)
     ya, yb, kr = y[idx], y_new[idx], k[idx]
     fa = rhs(torch.as_tensor(ta, dtype=y.dtype), ya, kr)
     fb = rhs(torch.as_tensor(tb, dtype=y.dtype), yb, kr)
-    lo = torch.zeros(rows.size, dtype=y.dtype)
-    hi = torch.ones(rows.size, dtype=y.dtype)
+
+    def interp(theta):
+        return _hermite(torch.as_tensor(theta, dtype=y.dtype), h, ya, yb, fa, fb)
+
+    lo, hi = np.zeros(rows.size), np.ones(rows.size)
     for _ in range(BISECTIONS):
         mid = 0.5 * (lo + hi)
-        up = cond(ta + mid.numpy() * (tb - ta), _hermite(mid, h, ya, yb, fa, fb), rows).any(-1)
-        hi = torch.where(up, mid, hi)
-        lo = torch.where(up, lo, mid)
-    t_h = ta + hi.numpy() * (tb - ta)
-    atom = torch.argmax(cond(t_h, _hermite(hi, h, ya, yb, fa, fb), rows).to(torch.int8), -1)
+        up = cond(ta + mid * span, interp(mid), rows).any(-1).numpy()
+        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+    atom = torch.argmax(cond(ta + hi * span, interp(hi), rows).to(torch.int8), -1)
     fired[rows] = atom.numpy()
     pick = atom[:, None]
+
+    def value(tc, yc):
+        return signed(tc, yc, rows).gather(1, pick)[:, 0].numpy()
+
+    def on_interp(theta):
+        return value(ta + theta * span, interp(theta))
+
+    theta = _illinois(on_interp, lo, hi, np.minimum(on_interp(lo), -1e-300),
+                      np.maximum(on_interp(hi), 0.0), 40, 1e-15)
     th = torch.as_tensor(ta, dtype=y.dtype)
 
     def step_to(tc):
         yc, _ = _attempt(tab, coef, rhs, jac, dfdt, th, ya, kr,
                          torch.as_tensor(tc - ta, dtype=y.dtype), rhs_jac)
-        return yc, signed(tc, yc, rows).gather(1, pick)[:, 0].numpy()
+        return yc
 
-    # regula falsi on the fired atom's signed value, bracketed by the step's ends
-    a, b = ta.copy(), tb.copy()
-    sa = signed(ta, ya, rows).gather(1, pick)[:, 0].numpy()
-    sb = signed(tb, yb, rows).gather(1, pick)[:, 0].numpy()
-    tc, side = t_h, np.zeros(rows.size)
-    y_b = yb
-    for _ in range(REFINEMENTS):
-        tc = np.clip(tc, a, b)
-        yc, sc = step_to(tc)
-        right = sc >= 0
-        b, sb = np.where(right, tc, b), np.where(right, sc, sb)
-        a, sa = np.where(right, a, tc), np.where(right, sa, sc)
-        y_b = torch.where(torch.as_tensor(right)[:, None], yc, y_b)
-        # Illinois: halve the value at an end kept twice in a row
-        sa = np.where(right & (side > 0), 0.5 * sa, sa)
-        sb = np.where(~right & (side < 0), 0.5 * sb, sb)
-        side = np.where(right, 1.0, -1.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tc = np.where(sb != sa, b - sb * (b - a) / (sb - sa), 0.5 * (a + b))
-        if np.all(b - a <= 1e-14 * np.maximum(np.abs(b), 1.0)):
-            break
-    t_new[rows] = b
+    def on_steps(tc):
+        return value(tc, step_to(tc))
+
+    # the interpolant's root, bracketed again by the solver's own states, refined
+    guess = ta + theta * span
+    s_g = on_steps(guess)
+    ok = s_g >= 0
+    a, b = np.where(ok, ta, guess), np.where(ok, guess, tb)
+    f_a = np.minimum(np.where(ok, value(ta, ya), s_g), -1e-300)
+    f_b = np.maximum(np.where(ok, s_g, value(tb, yb)), 0.0)
+    t_c = _illinois(on_steps, a, b, f_a, f_b, REFINEMENTS, 1e-13)
+    t_new[rows] = t_c
     out = y_new.clone()
-    out[idx] = y_b
+    out[idx] = step_to(t_c)
     return out

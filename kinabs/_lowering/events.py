@@ -42,6 +42,7 @@ from sympy.core.relational import Relational
 from sympy.logic.boolalg import BooleanAtom, BooleanFunction
 
 from kinabs._errors import UnsupportedFeatureError
+from kinabs._lowering import rate_of as _rate_of
 from kinabs._lowering.codegen import compile_source, emit
 from kinabs._lowering.printer import Printer
 from kinabs._model import Model, RateOf
@@ -98,6 +99,16 @@ class EventSystem:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
+    def groups(self) -> list[np.ndarray]:
+        """Per atom, the indices of the atoms with the same function ``g``."""
+        if "groups" not in self._cache:
+            by_g: dict = {}
+            for i, g in enumerate(self.atoms):
+                by_g.setdefault(g, []).append(i)
+            self._cache["groups"] = [np.asarray(by_g[g]) for g in self.atoms]
+        return self._cache["groups"]
+
+    @property
     def value_slices(self) -> list[slice]:
         """Per event, its slice of :attr:`values`."""
         out, start = [], 0
@@ -139,7 +150,8 @@ class EventSystem:
                           dtype=np.float64)
 
     def update_sides(self, sides: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """Sides after the atoms moved to ``g``: the sign of ``g``, the old side at zero."""
+        """Sides after the atoms moved to ``g``: the sign of ``g`` (at zero, the side where
+        the relation has its value at zero), the old side where ``g`` is not a number."""
         return np.asarray([_side(v, kind, s) for v, kind, s in
                            zip(g, self.atom_kinds, sides)], dtype=np.float64)
 
@@ -154,8 +166,8 @@ def _side(g: float, kind: str, old: float | None) -> float:
         return 1.0
     if g < 0:
         return -1.0
-    if old is not None and np.isfinite(g):
-        return old
+    if old is not None and not g == 0:
+        return old  # not a number: no news
     # at zero: ">=" and "<=" hold, ">" and "<" do not
     return {">": -1.0, ">=": 1.0, "<": 1.0, "<=": -1.0}[kind]
 
@@ -192,9 +204,12 @@ def truth(expr: sympy.Basic, held: Mapping[str, bool]) -> bool:
     raise TypeError(f"not a boolean over atoms: {expr}")
 
 
-def lower_events(model: Model, dyn: Mapping[str, sympy.Expr], state_index: Mapping[str, int]
+def lower_events(model: Model, dyn: Mapping[str, sympy.Expr], state_index: Mapping[str, int],
+                 rates_of: Callable[[set[str]], Mapping[sympy.Symbol, sympy.Expr]]
                  ) -> EventSystem | None:
-    """The model's events over primitives (``dyn``: id -> expression over ``t, y, k``)."""
+    """The model's events over primitives (``dyn``: id -> expression over ``t, y, k``;
+    ``rates_of(ids)``: rateOf placeholder -> time derivative, see
+    ``kinabs._lowering.rate_of``)."""
     if not model.events:
         return None
     atoms: list[sympy.Expr] = []
@@ -204,9 +219,16 @@ def lower_events(model: Model, dyn: Mapping[str, sympy.Expr], state_index: Mappi
 
     def resolve(expr: sympy.Basic, eid: str, part: str) -> sympy.Basic:
         if expr.has(RateOf):
-            raise UnsupportedFeatureError(eid, f"rateOf in an event's {part}")
+            expr = expr.replace(RateOf, _rate_of.placeholder)
         ids = {s for s in expr.free_symbols if not s.name.startswith("@")}
-        return expr.xreplace({s: dyn[s.name] for s in ids})
+        expr = expr.xreplace({s: dyn[s.name] for s in ids})
+        names = _rate_of.targets([expr])
+        if names:
+            unknown = sorted(n for n in names if n not in dyn)
+            if unknown:
+                raise UnsupportedFeatureError(eid, f"rateOf of {unknown} in an event's {part}")
+            expr = expr.xreplace(rates_of(names))
+        return expr
 
     def atomise(expr: sympy.Basic, eid: str) -> sympy.Basic:
         if isinstance(expr, BooleanAtom):
@@ -218,7 +240,8 @@ def lower_events(model: Model, dyn: Mapping[str, sympy.Expr], state_index: Mappi
                     eid, f"trigger relation '{type(expr).__name__}' ({expr})",
                     "kinabs root-finds <, <=, > and >= in triggers; an equality is almost "
                     "never met exactly by a solver. Write it as an inequality.")
-            g = sympy.expand(resolve(expr.lhs - expr.rhs, eid, "trigger"))
+            # numbers as floats, so that "S > 4" and "S > 4.0" are one atom
+            g = sympy.expand(resolve(expr.lhs - expr.rhs, eid, "trigger")).evalf()
             key = (kind, g)
             if key not in seen:
                 seen[key] = len(atoms)

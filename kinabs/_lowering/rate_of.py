@@ -19,12 +19,14 @@ import sympy
 from kinabs._errors import ModelError, UnsupportedFeatureError
 from kinabs._model import TIME, Model, RateOf
 
-__all__ = ["PREFIX", "with_placeholders", "targets", "time_derivatives", "substitute"]
+__all__ = ["PREFIX", "with_placeholders", "targets", "time_derivatives", "substitute",
+           "placeholder"]
 
 PREFIX = "@rateof:"
 
 
-def _placeholder(arg: sympy.Basic) -> sympy.Symbol:
+def placeholder(arg: sympy.Basic) -> sympy.Symbol:
+    """The placeholder symbol ``@rateof:x`` of ``RateOf(x)``."""
     if not isinstance(arg, sympy.Symbol) or arg.name.startswith("@"):
         raise UnsupportedFeatureError(None, f"csymbol rateOf of an expression ({arg})",
                                       "rateOf takes the id of a model element.")
@@ -32,7 +34,7 @@ def _placeholder(arg: sympy.Basic) -> sympy.Symbol:
 
 
 def _swap(expr: sympy.Expr) -> sympy.Expr:
-    return expr.replace(RateOf, _placeholder) if expr.has(RateOf) else expr
+    return expr.replace(RateOf, placeholder) if expr.has(RateOf) else expr
 
 
 def with_placeholders(model: Model) -> Model:

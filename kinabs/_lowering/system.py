@@ -554,7 +554,8 @@ class _Lowering:
                                                               "outputs"))
         y0, init_derived = exprs["y0"], exprs["derived"]
         all_ones = all(s == 1 for s in scale)
-        events = lower_events(m, dyn, sidx)
+        events = lower_events(m, dyn, sidx, lambda names: self._rates_of(
+            names, dyn, stoich, rates, scale, extra))
         return OdeSystem(
             model=self.model,
             states=tuple(self.states),
@@ -575,6 +576,14 @@ class _Lowering:
             reaction_ids=rids,
             events=events,
         )
+
+    def _rates_of(self, names, dyn, stoich, rates, scale, extra):
+        """rateOf placeholder -> time derivative over primitives, for event math."""
+        n = len(self.states)
+        rhs = [sympy.Add(*[float(stoich[j, i]) * r for j, r in enumerate(rates)
+                           if stoich[j, i]]) * scale[i] + extra[i] for i in range(n)]
+        return _rate_of.time_derivatives(names, dyn.__getitem__, rhs,
+                                         [y_symbol(i) for i in range(n)])
 
     def _expand_rate_of(self, dyn, stoich, exprs):
         """Replace rateOf placeholders by time derivatives (see ``kinabs._lowering.rate_of``)."""
