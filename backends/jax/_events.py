@@ -22,8 +22,12 @@ import optimistix as optx
 from kinabs._events import SegmentResult
 from kinabs._options import SolverOptions
 from kinabs._stages import SolveStage, run_stages, solve_stages
-from kinabs.backends.jax._ops import JaxOps
-from kinabs.backends.jax._simulate import AUTO_EXPLICIT_STEP_CAP, lowered, make_solver
+from kinabs.backends.jax._simulate import (
+    AUTO_EXPLICIT_STEP_CAP,
+    bound_once,
+    lowered,
+    make_solver,
+)
 
 __all__ = ["event_segment", "max_step"]
 
@@ -32,12 +36,7 @@ ROOT_TOL = 1e-12
 
 
 def _atoms(system):
-    fns = system._cache.get("jax-events")
-    if fns is None:
-        with jax.enable_x64(True):
-            fns = system.events.bind(JaxOps())
-        system._cache["jax-events"] = fns
-    return fns[0]
+    return bound_once(system, "jax-events", system.events.bind)[0]
 
 
 @functools.lru_cache(maxsize=32)

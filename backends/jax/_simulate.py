@@ -24,21 +24,26 @@ from kinabs._options import AdjointOptions, SolverOptions
 from kinabs._stages import SolveStage, run_stages, solve_stages
 from kinabs.backends.jax._ops import JaxOps
 
-__all__ = ["simulate", "lowered", "make_solver", "make_adjoint", "solve_one",
+__all__ = ["simulate", "lowered", "bound_once", "make_solver", "make_adjoint", "solve_one",
            "AUTO_EXPLICIT_STEP_CAP"]
 
 #: Explicit solves in "auto" mode that need more steps than this are redone implicitly.
 AUTO_EXPLICIT_STEP_CAP = 20_000
 
 
-def lowered(system):
-    """The system's generated functions bound to jax.numpy (made once per system)."""
-    fns = system._cache.get("jax")
+def bound_once(system, key: str, bind):
+    """``bind(JaxOps())`` made once per system and kept in its cache under ``key``."""
+    fns = system._cache.get(key)
     if fns is None:
         with jax.enable_x64(True):
-            fns = system.generated.bind(JaxOps())
-        system._cache["jax"] = fns
+            fns = bind(JaxOps())
+        system._cache[key] = fns
     return fns
+
+
+def lowered(system):
+    """The system's generated functions bound to jax.numpy (made once per system)."""
+    return bound_once(system, "jax", system.generated.bind)
 
 
 def _name(method: Any) -> str:

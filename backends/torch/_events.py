@@ -27,13 +27,11 @@ from kinabs.backends.torch._ops import TorchOps
 from kinabs.backends.torch._simulate import _stage_functions
 from kinabs.backends.torch._solvers import Rosenbrock
 from kinabs.backends.torch._solvers.rosenbrock import (
-    FACTOR_MAX,
-    FACTOR_MIN,
-    SAFETY,
     _attempt,
     _coefficients,
     _initial_step,
     _rms,
+    next_step,
     single_threaded,
 )
 from kinabs.backends.torch._solvers.tableaus import RODAS5
@@ -202,13 +200,7 @@ def _segment(low, atoms, tab, ts, t_start, t_stop, y, k, sides, opts, kinds) -> 
             t = np.where(accept, t_new, t)
             steps += accept
             done |= crossed | (accept & (t >= t_stop))
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            factor = np.clip(SAFETY * np.where(e > 0, e, 1e-10) ** expo, FACTOR_MIN, FACTOR_MAX)
-        factor = np.where(finite, factor, 0.25)
-        factor = np.where(accept, factor, np.minimum(factor, 1.0))
-        h_next = h_try * factor
-        h = np.where(active, np.where(accept & clipped, np.maximum(h_next, h), h_next), h)
-        too_small = active & ~accept & (h < 1e-14 * np.maximum(np.abs(t), 1e-300))
+        h, too_small = next_step(h, h_try, e, expo, active, accept, clipped, t)
         status = np.where(too_small, np.where(~finite, 2, 3), status)
         status = np.where(active & (status == 0) & (attempts >= opts.max_steps), 1, status)
     t_end = t

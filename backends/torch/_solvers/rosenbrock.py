@@ -76,6 +76,22 @@ def _initial_step(rhs, t0, y0, k, rtol, atol, order, span) -> np.ndarray:
     return np.minimum(h, span)
 
 
+def next_step(h, h_try, e, expo, active, accept, clipped, t):
+    """Step-size control after an attempt of size ``h_try`` with error norm ``e`` (B,):
+    the next step sizes, and which active members were rejected with a step too small to
+    go on (relative to their time)."""
+    finite = np.isfinite(e)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        factor = np.clip(SAFETY * np.where(e > 0, e, 1e-10) ** expo, FACTOR_MIN, FACTOR_MAX)
+    factor = np.where(finite, factor, 0.25)
+    factor = np.where(accept, factor, np.minimum(factor, 1.0))
+    h_next = h_try * factor
+    # a step clipped to a save time does not shrink the step size
+    h = np.where(active, np.where(accept & clipped, np.maximum(h_next, h), h_next), h)
+    too_small = active & ~accept & (h < 1e-14 * np.maximum(np.abs(t), 1e-300))
+    return h, too_small
+
+
 def _coefficients(tab: RosenbrockTableau, like: torch.Tensor) -> list[torch.Tensor | None]:
     """Per stage ``i``: an (i, 2) tensor with columns ``A[i, :i]`` and ``C[i, :i]``."""
     out: list[torch.Tensor | None] = [None]
@@ -375,13 +391,7 @@ def _rosenbrock_solve(rhs, jac, dfdt, ts, t0, y0, k, rtol, atol, max_steps, dt0,
                 _advance_saves(nxt, snap_idx, ts_np, t, hit, len(snaps) - 1)
                 if tape is not None:
                     tape.steps[-1].snap = len(snaps) - 1
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            factor = np.clip(SAFETY * np.where(e > 0, e, 1e-10) ** expo, FACTOR_MIN, FACTOR_MAX)
-        factor = np.where(finite, factor, 0.25)
-        factor = np.where(accept, factor, np.minimum(factor, 1.0))
-        h_next = h_try * factor
-        h = np.where(active, np.where(accept & clipped, np.maximum(h_next, h), h_next), h)
-        too_small = active & ~accept & (h < 1e-14 * np.maximum(np.abs(t), 1e-300))
+        h, too_small = next_step(h, h_try, e, expo, active, accept, clipped, t)
         status = np.where(too_small, np.where(nonfinite, 2, 3), status)
         status = np.where(active & (status == 0) & (attempts >= max_steps) & (nxt < n_t),
                           1, status)
