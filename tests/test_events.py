@@ -208,3 +208,22 @@ def test_sbml_test_suite_event_cases(case, backend):
     info = read_index(default_suite_dir())[case]
     result = run_case(info, backend=backend)
     assert result.outcome == "pass", (case, result.detail)
+
+
+def test_events_round_trip_through_sbml(backend):
+    # write, read again: the same events, the same simulation
+    events = (Event("late", trigger=sympy.And(A < 0.5, TIME > 0.1), delay=sympy.Float(0.25),
+                    priority=sympy.Integer(2), persistent=False, initial_value=False,
+                    use_values_from_trigger_time=False, assignments=(("A", A + 1),)),
+              Event("faster", trigger=TIME >= 1, assignments=(("k", 2 * K),)))
+    model = _with(_decay(), *events)
+    again = kinabs.read_sbml_string(kinabs.sbml_string(model))
+    assert list(again.events) == ["late", "faster"]
+    late = again.events["late"]
+    assert (late.persistent, late.initial_value, late.use_values_from_trigger_time) == (
+        False, False, False)
+    times = np.linspace(0, 4, 9)
+    a = kinabs.simulate(model, times, backend=backend).values
+    b = kinabs.simulate(again, times, backend=backend).values
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert a[0, -1, 0] > np.exp(-4.0) * 2  # the events did fire

@@ -102,11 +102,14 @@ def _flips(kinds):
     its side gives (at ``g == 0`` the relation decides: ``>=`` holds, ``>`` does not)."""
     strict = torch.as_tensor([kind in (">", "<") for kind in kinds])
     greater = torch.as_tensor([kind in (">", ">=") for kind in kinds])
+    discrete = torch.as_tensor([kind in ("==", "!=") for kind in kinds])
 
     def flipped(g, sides):
         holds = torch.where(greater, torch.where(strict, g > 0, g >= 0),
                             torch.where(strict, g < 0, g <= 0))
-        was = (sides > 0) == greater
+        # == and != never cross between events (kinabs._lowering.events.DISCRETE)
+        holds = torch.where(discrete, sides > 0, holds)
+        was = (sides > 0) == (greater | discrete)
         return holds != was
 
     return flipped

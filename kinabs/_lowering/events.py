@@ -51,7 +51,11 @@ __all__ = ["EventSystem", "LoweredEvent", "lower_events", "truth", "atom_truth",
            "event_targets", "refuse_events"]
 
 _KINDS = {sympy.StrictGreaterThan: ">", sympy.GreaterThan: ">=",
-          sympy.StrictLessThan: "<", sympy.LessThan: "<="}
+          sympy.StrictLessThan: "<", sympy.LessThan: "<=",
+          sympy.Equality: "==", sympy.Unequality: "!="}
+#: Relations that are never root-found: they may only change value at an event (an
+#: equality on parameters that events set), and their side is +1 where they hold.
+DISCRETE = ("==", "!=")
 
 
 def refuse_events(system: Any, what: str) -> None:
@@ -100,12 +104,14 @@ class EventSystem:
 
     @property
     def groups(self) -> list[np.ndarray]:
-        """Per atom, the indices of the atoms with the same function ``g``."""
+        """Per atom, the indices of the atoms with the same function ``g`` (and both
+        root-found, or both discrete)."""
         if "groups" not in self._cache:
             by_g: dict = {}
-            for i, g in enumerate(self.atoms):
-                by_g.setdefault(g, []).append(i)
-            self._cache["groups"] = [np.asarray(by_g[g]) for g in self.atoms]
+            keys = [(g, kind in DISCRETE) for g, kind in zip(self.atoms, self.atom_kinds)]
+            for i, key in enumerate(keys):
+                by_g.setdefault(key, []).append(i)
+            self._cache["groups"] = [np.asarray(by_g[key]) for key in keys]
         return self._cache["groups"]
 
     @property
@@ -162,6 +168,10 @@ class EventSystem:
 
 
 def _side(g: float, kind: str, old: float | None) -> float:
+    if kind in DISCRETE:
+        if not g == g:
+            return old if old is not None else -1.0
+        return 1.0 if (g == 0) == (kind == "==") else -1.0
     if g > 0:
         return 1.0
     if g < 0:
@@ -174,7 +184,7 @@ def _side(g: float, kind: str, old: float | None) -> float:
 
 def atom_truth(sides: np.ndarray, kinds: Sequence[str]) -> dict[str, bool]:
     """Atom symbol name -> whether its relation holds on ``sides``."""
-    return {f"@a{i}": (s > 0) == (kind in (">", ">=")) for i, (s, kind) in
+    return {f"@a{i}": (s > 0) == (kind in (">", ">=", "==", "!=")) for i, (s, kind) in
             enumerate(zip(sides, kinds))}
 
 
@@ -204,12 +214,19 @@ def truth(expr: sympy.Basic, held: Mapping[str, bool]) -> bool:
     raise TypeError(f"not a boolean over atoms: {expr}")
 
 
+def _between_events(g: sympy.Expr, static: set[str]) -> bool:
+    """Whether ``g`` is constant between events: no time, only constants and the states
+    named in ``static`` (whose derivative is zero)."""
+    return all(s.name.startswith("@k") or s.name in static for s in g.free_symbols)
+
+
 def lower_events(model: Model, dyn: Mapping[str, sympy.Expr], state_index: Mapping[str, int],
-                 rates_of: Callable[[set[str]], Mapping[sympy.Symbol, sympy.Expr]]
-                 ) -> EventSystem | None:
+                 rates_of: Callable[[set[str]], Mapping[sympy.Symbol, sympy.Expr]],
+                 static: set[str] = frozenset()) -> EventSystem | None:
     """The model's events over primitives (``dyn``: id -> expression over ``t, y, k``;
     ``rates_of(ids)``: rateOf placeholder -> time derivative, see
-    ``kinabs._lowering.rate_of``)."""
+    ``kinabs._lowering.rate_of``; ``static``: the names of the state symbols whose
+    derivative is zero)."""
     if not model.events:
         return None
     atoms: list[sympy.Expr] = []
@@ -234,14 +251,17 @@ def lower_events(model: Model, dyn: Mapping[str, sympy.Expr], state_index: Mappi
         if isinstance(expr, BooleanAtom):
             return expr
         if isinstance(expr, Relational):
-            kind = _KINDS.get(type(expr))
-            if kind is None:
-                raise UnsupportedFeatureError(
-                    eid, f"trigger relation '{type(expr).__name__}' ({expr})",
-                    "kinabs root-finds <, <=, > and >= in triggers; an equality is almost "
-                    "never met exactly by a solver. Write it as an inequality.")
+            kind = _KINDS[type(expr)]
             # numbers as floats, so that "S > 4" and "S > 4.0" are one atom
             g = sympy.expand(resolve(expr.lhs - expr.rhs, eid, "trigger")).evalf()
+            if kind in DISCRETE and not _between_events(g, static):
+                raise UnsupportedFeatureError(
+                    eid, f"trigger relation '{type(expr).__name__}' ({expr}) on a quantity "
+                    "that changes continuously",
+                    "kinabs root-finds <, <=, > and >= in triggers, and evaluates == and != "
+                    "only where events alone change their sides; a solver almost never "
+                    "meets an equality of a changing quantity exactly. Write it as an "
+                    "inequality.")
             key = (kind, g)
             if key not in seen:
                 seen[key] = len(atoms)

@@ -554,8 +554,10 @@ class _Lowering:
                                                               "outputs"))
         y0, init_derived = exprs["y0"], exprs["derived"]
         all_ones = all(s == 1 for s in scale)
+        static = {y_symbol(i).name for i in range(n_states)
+                  if extra[i] == 0 and not stoich[:, i].any()}
         events = lower_events(m, dyn, sidx, lambda names: self._rates_of(
-            names, dyn, stoich, rates, scale, extra))
+            names, dyn, stoich, rates, scale, extra), static)
         return OdeSystem(
             model=self.model,
             states=tuple(self.states),

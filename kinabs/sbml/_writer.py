@@ -126,6 +126,8 @@ class _Writer:
         self.attr_fixes: list[tuple[str, int, str, float]] = []  # tag, index, attribute, value
         self.counts: dict[str, int] = {}
         self.names: dict[str, str] = {}  # placeholder -> the escaped name attribute value
+        #: what events assign: not constant in SBML, whatever the model object says
+        self.assigned = {var for e in model.events.values() for var, _ in e.assignments}
 
     # -- elements ----------------------------------------------------------------
     def write(self) -> str:
@@ -139,7 +141,7 @@ class _Writer:
         for c in m.compartments.values():
             e = s.createCompartment()
             self._ident(e, c.id, c.name, "compartment")
-            e.setConstant(c.constant)
+            e.setConstant(c.constant and c.id not in self.assigned)
             e.setSpatialDimensions(float(c.spatial_dimensions))
             self._value(self._index("compartment"), "compartment", "size", c.size, e.setSize)
         for sp in m.species.values():
@@ -148,7 +150,7 @@ class _Writer:
             _check(e.setCompartment(sp.compartment), f"species '{sp.id}'")
             e.setHasOnlySubstanceUnits(sp.has_only_substance_units)
             e.setBoundaryCondition(sp.boundary_condition)
-            e.setConstant(sp.constant)
+            e.setConstant(sp.constant and sp.id not in self.assigned)
             i = self._index("species")
             self._value(i, "species", "initialAmount", sp.initial_amount, e.setInitialAmount)
             self._value(i, "species", "initialConcentration", sp.initial_concentration,
@@ -159,7 +161,7 @@ class _Writer:
             if p.reaction is None:
                 e = s.createParameter()
                 self._ident(e, p.id, p.name, "parameter")
-                e.setConstant(p.constant)
+                e.setConstant(p.constant and p.id not in self.assigned)
                 self._value(self._index("parameter"), "parameter", "value", p.value,
                             e.setValue)
         self._reactions()
@@ -180,7 +182,31 @@ class _Writer:
                 _check(e.setSymbol(var) if kind == "initial assignment" else e.setVariable(var),
                        f"the {kind} for '{var}'")
                 e.setMath(self.ast(expr, {}, f"{kind} for '{var}'"))
+        self._events()
         return self._finish(libsbml.writeSBMLToString(self.doc))
+
+    def _events(self) -> None:
+        for ev in self.m.events.values():
+            where = f"event '{ev.id}'"
+            e = self.sbml.createEvent()
+            if libsbml.SyntaxChecker.isValidSBMLSId(ev.id):
+                _check(e.setId(ev.id), where)
+            if ev.name:
+                e.setName(self._name(ev.name, where))
+            e.setUseValuesFromTriggerTime(ev.use_values_from_trigger_time)
+            trigger = e.createTrigger()
+            trigger.setInitialValue(ev.initial_value)
+            trigger.setPersistent(ev.persistent)
+            trigger.setMath(self.ast(ev.trigger, {}, f"the trigger of {where}"))
+            if ev.delay is not None:
+                e.createDelay().setMath(self.ast(ev.delay, {}, f"the delay of {where}"))
+            if ev.priority is not None:
+                e.createPriority().setMath(self.ast(ev.priority, {},
+                                                    f"the priority of {where}"))
+            for var, expr in ev.assignments:
+                a = e.createEventAssignment()
+                _check(a.setVariable(var), f"{where}: assignment to '{var}'")
+                a.setMath(self.ast(expr, {}, f"{where}: assignment to '{var}'"))
 
     def _ident(self, e, element_id: str, name: str, kind: str) -> None:
         _check(e.setId(element_id), f"{kind} id '{element_id}'")
