@@ -274,9 +274,11 @@ def _to_crossing(y, y_new, t, t_new, crossed, cond, signed, rhs, k, tab, coef, j
     th = torch.as_tensor(ta, dtype=y.dtype)
 
     def step_to(tc):
-        yc, _ = _attempt(tab, coef, rhs, jac, dfdt, th, ya, kr,
-                         torch.as_tensor(tc - ta, dtype=y.dtype), rhs_jac)
-        return yc
+        # a crossing at the step's start (a root exactly at a save time) is its state
+        moved = tc > ta
+        hc = torch.as_tensor(np.where(moved, tc - ta, 1.0), dtype=y.dtype)
+        yc, _ = _attempt(tab, coef, rhs, jac, dfdt, th, ya, kr, hc, rhs_jac)
+        return torch.where(torch.as_tensor(moved)[:, None], yc, ya)
 
     def on_steps(tc):
         return value(tc, step_to(tc))
