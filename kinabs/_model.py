@@ -237,6 +237,26 @@ class Event:
     use_values_from_trigger_time: bool = True
     name: str = ""
 
+    def __post_init__(self) -> None:
+        # numbers may be given as Python numbers; text is never parsed here
+        def expr(value, what):
+            if isinstance(value, bool) or not isinstance(value, (int, float, sympy.Basic)):
+                raise ModelError(f"event '{self.id}': {what} must be a number or a sympy "
+                                 f"expression; got {type(value).__name__}.")
+            return sympy.sympify(value) if not isinstance(value, sympy.Basic) else value
+
+        object.__setattr__(self, "assignments", tuple(
+            (str(var), expr(value, f"the value assigned to '{var}'"))
+            for var, value in self.assignments))
+        for name in ("delay", "priority"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, expr(getattr(self, name), f"the {name}"))
+        if isinstance(self.trigger, bool):
+            object.__setattr__(self, "trigger", sympy.true if self.trigger else sympy.false)
+        elif not isinstance(self.trigger, sympy.Basic):
+            raise ModelError(f"event '{self.id}': the trigger must be a sympy condition (e.g. "
+                             f"kinabs.TIME >= 2); got {type(self.trigger).__name__}.")
+
 
 @dataclass
 class Model:
