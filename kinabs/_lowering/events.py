@@ -27,7 +27,7 @@ Example:
     ...                                     assignments=(("A", sympy.Integer(1)),))
     >>> ev = kinabs.lower(model).events
     >>> ev.atom_kinds, [str(a) for a in ev.atoms]
-    (('>=',), ['@time - 2'])
+    (('>=',), ['@time - 2.0'])
 """
 
 from __future__ import annotations
