@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -48,6 +47,7 @@ from urllib.request import url2pathname
 import libsbml
 
 from kinabs._errors import SBMLError, UnsupportedFeatureError
+from kinabs.sbml._messages import first, messages
 from kinabs.sbml._xmlcheck import check_xml_file
 
 __all__ = ["flatten_comp"]
@@ -86,10 +86,10 @@ def flatten_comp(doc: libsbml.SBMLDocument, name: str, *,
         doc.setConsistencyChecks(category, False)
     doc.getErrorLog().clearLog()
     doc.checkConsistency()
-    errors = _messages(doc, skip=set(tolerated))
+    errors = messages(doc, skip=set(tolerated))
     if errors:
         raise SBMLError(f"{name} is not a valid hierarchical (comp) model: libsbml says "
-                        f"{_first(errors)}. Fix the model; all of libsbml's errors:", errors)
+                        f"{first(errors)}. Fix the model; all of libsbml's errors:", errors)
     doc.getErrorLog().clearLog()
     props = libsbml.ConversionProperties()
     props.addOption("flatten comp", True)
@@ -112,10 +112,10 @@ def flatten_comp(doc: libsbml.SBMLDocument, name: str, *,
             None, f"SBML package(s) {packages} in a hierarchical (comp) model",
             "libsbml cannot flatten a comp model that uses them, and kinabs reads flat SBML "
             "core only. libsbml says: " + " ".join(logged[0].getMessage().split()))
-    errors = _messages(doc)
+    errors = messages(doc)
     if status != libsbml.LIBSBML_OPERATION_SUCCESS or errors:
-        errors = errors or _messages(doc, severity=libsbml.LIBSBML_SEV_WARNING)
-        detail = (f"libsbml says {_first(errors)}" if errors else
+        errors = errors or messages(doc, severity=libsbml.LIBSBML_SEV_WARNING)
+        detail = (f"libsbml says {first(errors)}" if errors else
                   f"libsbml's converter returned status {status} without a message")
         raise SBMLError(f"{name}: cannot flatten the hierarchical (comp) model: {detail}. "
                         "All of libsbml's messages:", errors)
@@ -167,26 +167,10 @@ def _check_external_files(doc: libsbml.SBMLDocument, name: str, location: Path |
         seen.add(path)
         check_xml_file(path, f"'{path}' ({what})")
         sub = libsbml.SBMLReader().readSBMLFromFile(str(path))
-        errors = _messages(sub)
+        errors = messages(sub)
         if errors:
             raise SBMLError(f"{what}: '{path}' is not valid SBML: libsbml says "
-                            f"{_first(errors)}. All of libsbml's errors:", errors)
+                            f"{first(errors)}. All of libsbml's errors:", errors)
         _check_external_files(sub, f"'{path}'", path, seen)
 
 
-def _messages(doc: libsbml.SBMLDocument, skip: Collection[int] = (),
-              severity: int = libsbml.LIBSBML_SEV_ERROR) -> list[str]:
-    """libsbml's messages at ``severity`` or worse, one line each, ids in ``skip`` left out."""
-    out = []
-    for i in range(doc.getNumErrors()):
-        e = doc.getError(i)
-        if e.getSeverity() >= severity and e.getErrorId() not in skip:
-            text = re.sub(r"\s+", " ", e.getMessage()).strip()
-            out.append(f"line {e.getLine()}: [{e.getSeverityAsString()} {e.getErrorId()}] "
-                       f"{text}")
-    return out
-
-
-def _first(errors: list[str]) -> str:
-    more = f" (and {len(errors) - 1} more, listed below)" if len(errors) > 1 else ""
-    return errors[0].rstrip(". ") + more

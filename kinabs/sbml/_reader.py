@@ -44,6 +44,7 @@ from kinabs._model import (
 from kinabs.sbml._algebraic import add_algebraic_rules, deferred_checks
 from kinabs.sbml._comp import flatten_comp
 from kinabs.sbml._math import MathConverter
+from kinabs.sbml._messages import first, messages
 from kinabs.sbml._xmlcheck import check_xml_file, check_xml_text
 
 __all__ = ["load_sbml", "read_sbml_string"]
@@ -104,36 +105,17 @@ def read_sbml_string(text: str, *, source: str | None = None) -> Model:
 
 
 # -- document level --------------------------------------------------------------------
-def _messages(doc: libsbml.SBMLDocument, skip: set[int] | frozenset = frozenset()
-              ) -> list[str]:
-    """libsbml's error and fatal messages, with line numbers (ids in ``skip`` left out)."""
-    out = []
-    for i in range(doc.getNumErrors()):
-        e = doc.getError(i)
-        if e.getSeverity() >= libsbml.LIBSBML_SEV_ERROR and e.getErrorId() not in skip:
-            text = " ".join(e.getMessage().split())
-            out.append(f"line {e.getLine()}: [{e.getSeverityAsString()} {e.getErrorId()}] "
-                       f"{text}")
-    return out
-
-
-def _first(errors: list[str]) -> str:
-    """The first message, for a headline; the count of the others, if any."""
-    more = f" (and {len(errors) - 1} more error(s), listed below)" if len(errors) > 1 else ""
-    return errors[0].rstrip(". ") + more
-
-
 def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model:
     name = f"'{source}'" if source else "the SBML text"
-    errors = _messages(doc)
+    errors = messages(doc)
     if errors:
         # The XML is known to be well-formed (kinabs.sbml._xmlcheck): whatever libsbml says
         # is the news, so its first message leads, never a guess about the file.
         if doc.getLevel() == 0:
             raise SBMLError(f"{name} is XML but not an SBML document: the root element must "
-                            f"be <sbml level=... version=...>. libsbml says {_first(errors)}.",
+                            f"be <sbml level=... version=...>. libsbml says {first(errors)}.",
                             errors)
-        raise SBMLError(f"{name} is not valid SBML: libsbml says {_first(errors)}. Fix the "
+        raise SBMLError(f"{name} is not valid SBML: libsbml says {first(errors)}. Fix the "
                         "file at that line; all of libsbml's errors:", errors)
     if doc.getModel() is None:
         raise SBMLError(f"{name} is an SBML document without a <model>; nothing to read.")
@@ -143,7 +125,7 @@ def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model
         doc.setConsistencyChecks(category, False)
     if doc.checkConsistency():
         # Over-determined with algebraic rules: add_algebraic_rules names the rule.
-        errors = _messages(doc, skip=set(_DEMOTED_ERRORS) | deferred_checks(doc))
+        errors = messages(doc, skip=set(_DEMOTED_ERRORS) | deferred_checks(doc))
         for rule, meaning in _DEMOTED_ERRORS.items():
             count = sum(1 for i in range(doc.getNumErrors())
                         if doc.getError(i).getErrorId() == rule)
@@ -152,7 +134,7 @@ def _model_from_document(doc: libsbml.SBMLDocument, source: str | None) -> Model
                               "as this does not change the dynamics.", stacklevel=3)
         if errors:
             raise SBMLError(f"{name} is not valid SBML (libsbml consistency check): libsbml "
-                            f"says {_first(errors)}. Fix the file at that line; all of "
+                            f"says {first(errors)}. Fix the file at that line; all of "
                             "libsbml's errors:", errors)
     try:
         return _ModelReader(doc, source).read()
