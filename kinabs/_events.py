@@ -89,8 +89,10 @@ class _Member:
 
 
 class _Driver:
-    def __init__(self, system, ts, outputs_index, seed: int):
+    def __init__(self, system, ts, outputs_index, seed: int, batch: int):
         self.system, self.ev, self.ts = system, system.events, ts
+        #: (B, T, O) outputs; NaN until saved
+        self.out = np.full((batch, ts.size, len(outputs_index)), np.nan)
         ops = numpy_ops()
         self.fns = system.generated.bind(ops)
         self.atoms, self.values, self.delays, self.priorities = self.ev.bind(ops)
@@ -222,12 +224,10 @@ class _Driver:
         stop = np.searchsorted(ts, upto, side="right" if inclusive else "left")
         idx = np.arange(m.saved, max(stop, m.saved))
         if idx.size:
-            states = m.y[None, :] if ys is None else ys[idx]
-            with np.errstate(all="ignore"):
-                vals = np.stack([np.asarray(self.outputs(np.float64(ts[j]), s, m.k))
-                                 for j, s in zip(idx, np.broadcast_to(
-                                     states, (idx.size, m.y.size)))])
-            self.out[m.index, idx] = vals
+            states = np.broadcast_to(m.y, (idx.size, m.y.size)) if ys is None else ys[idx]
+            with np.errstate(all="ignore"):  # one batched call over the save times
+                vals = self.outputs(ts[idx], states, m.k[None, :])
+            self.out[m.index, idx] = np.asarray(vals, dtype=np.float64)
             m.saved = int(idx[-1]) + 1
 
 
@@ -237,10 +237,9 @@ def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: 
                          ) -> RawSolution:
     """Simulate a batch (``p``: (B, P)) of a system with events on ``backend``; the same
     arguments and result as :meth:`kinabs.Backend.simulate`."""
-    drv = _Driver(system, ts, output_index, seed)
+    drv = _Driver(system, ts, output_index, seed, p.shape[0])
     ev, fns = system.events, drv.fns
     b, t_final = p.shape[0], float(ts[-1])
-    drv.out = np.full((b, ts.size, len(output_index)), np.nan)
     members: list[_Member] = []
     with np.errstate(all="ignore"):
         for i in range(b):
