@@ -3,11 +3,12 @@
 :func:`solve` is the one way a torch solve starts: ``kinabs.simulate`` (through
 :func:`simulate`), ``VectorField.solve`` and training all call it.
 
-``method="auto"`` follows the policy of every backend (``kinabs._stages``): torchdiffeq
+``method="auto"`` follows the policy of every backend (``kinabs._stages``): Dormand-Prince
 first, capped at :data:`AUTO_EXPLICIT_STEP_CAP` steps; what it cannot finish, the
-Rosenbrock solver; what that cannot finish either, torchdiffeq without a cap.
+Rosenbrock solver; what that cannot finish either, Dormand-Prince without a cap.
 torchdiffeq shares one step size across the batch, so when any member of its first stage
-fails, the whole batch counts as failed and is redone.
+fails, the whole batch counts as failed and is redone; without gradients kinabs' own
+Dormand-Prince runs instead (``_solvers.dopri5``), each member its own steps and status.
 
 A Rosenbrock solve whose gradient is wanted takes it by a discrete adjoint
 (``_solvers.adjoint``) for autonomous systems with step functions, else by redoing each
@@ -49,6 +50,7 @@ from kinabs.backends.torch._solvers import (
     adjoint_rosenbrock_solve,
     checkpointed_rosenbrock_solve,
     explicit_solve,
+    per_member,
     rosenbrock_solve,
 )
 
@@ -201,8 +203,9 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
         if isinstance(method, Rosenbrock):
             return stiff(sub_y0, sub_k, method.tableau, stage.max_steps)
         ys, status, steps = nonstiff(sub_y0, sub_k, method.method, stage.max_steps)
-        if not status.any() or members.size == 1:
-            return ys, status, steps
+        if (not status.any() or members.size == 1
+                or per_member(method.method, times, t0, sub_y0, sub_k, backsolve)):
+            return ys, status, steps  # each member's own result
         if stage is not stages[-1]:
             # one step size for the batch: its members' results are one solve's, so the
             # next stage redoes them all (3, solver_failed, until it overwrites them)

@@ -2,7 +2,8 @@
 
 * ``tableaus``: the Rosenbrock methods' coefficients (RODAS4, RODAS5);
 * ``rosenbrock``: the batched Rosenbrock solver (stiff), each member its own step size;
-* ``explicit``: torchdiffeq's Runge-Kutta methods, one step size for the batch;
+* ``explicit``: torchdiffeq's Runge-Kutta methods, one step size for the batch, or
+  without gradients ``dopri5``: the same Dormand-Prince method, lean, per-member steps;
 * ``stepfns``: the right-hand side and Jacobian generated with fewer torch operations,
   and the derivatives a discrete adjoint needs;
 * ``adjoint``: a Rosenbrock solve's gradient by a discrete adjoint (with ``stepfns``);
@@ -13,7 +14,7 @@ Which of them a solve uses is decided in ``kinabs.backends.torch._simulate``.
 
 from kinabs.backends.torch._solvers.adjoint import adjoint_rosenbrock_solve
 from kinabs.backends.torch._solvers.checkpoint import checkpointed_rosenbrock_solve
-from kinabs.backends.torch._solvers.explicit import TorchDiffEq, explicit_solve
+from kinabs.backends.torch._solvers.explicit import TorchDiffEq, explicit_solve, per_member
 from kinabs.backends.torch._solvers.rosenbrock import Rosenbrock, rosenbrock_solve
 from kinabs.backends.torch._solvers.stepfns import adjoint_functions, step_functions
 from kinabs.backends.torch._solvers.tableaus import RODAS4, RODAS5, RosenbrockTableau
@@ -21,5 +22,5 @@ from kinabs.backends.torch._solvers.tableaus import RODAS4, RODAS5, RosenbrockTa
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "RosenbrockTableau", "TorchDiffEq",
     "adjoint_functions", "adjoint_rosenbrock_solve", "checkpointed_rosenbrock_solve",
-    "explicit_solve", "rosenbrock_solve", "step_functions",
+    "explicit_solve", "per_member", "rosenbrock_solve", "step_functions",
 ]

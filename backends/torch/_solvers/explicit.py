@@ -1,10 +1,13 @@
 """The explicit solvers on torch: torchdiffeq's Runge-Kutta methods, one shared step size
-for the whole batch.
+for the whole batch, or, without gradients, kinabs' own ``dopri5`` (``dopri5``).
 
-Every member of a batch advances with the same steps, so a failure (too many steps, a
-step size that underflows) fails them all; ``_simulate.solve`` finds the failing members
-one by one where that matters. Gradients are autograd's through the steps, or
-torchdiffeq's continuous adjoint (``odeint_adjoint``) with ``adjoint=True``.
+With torchdiffeq every member of a batch advances with the same steps, so a failure (too
+many steps, a step size that underflows) fails them all; ``_simulate.solve`` finds the
+failing members one by one where that matters. Gradients are autograd's through the
+steps, or torchdiffeq's continuous adjoint (``odeint_adjoint``) with ``adjoint=True``.
+A ``dopri5`` solve that needs no gradient (:func:`per_member`) runs kinabs' own loop
+instead: the same method with far fewer torch operations per step, each member its own
+step size (its steps are counted and a failure is the member's own).
 
 Example:
     >>> import torch
@@ -26,7 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["TorchDiffEq", "explicit_solve"]
+from kinabs.backends.torch._solvers.dopri5 import dopri5_solve
+
+__all__ = ["TorchDiffEq", "explicit_solve", "per_member"]
 
 #: What the explicit solver sees instead of a NaN or infinite derivative: a finite value,
 #: so that the step's error is huge rather than NaN, and the step is rejected and shrunk.
@@ -49,6 +54,20 @@ class TorchDiffEq:
 _ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 
 
+def per_member(method: str, ts: torch.Tensor, t0: float, y0: torch.Tensor,
+               k: torch.Tensor, adjoint: bool = False) -> bool:
+    """Whether :func:`explicit_solve` runs kinabs' own ``dopri5`` (each member its own
+    step size): ``dopri5``, no gradient wanted, save times sorted and not before ``t0``."""
+    if method != "dopri5" or adjoint:
+        return False
+    if torch.is_grad_enabled() and (y0.requires_grad or k.requires_grad):
+        return False
+    if ts.requires_grad and torch.is_grad_enabled():
+        return False
+    ts_np = ts.detach().cpu().numpy()
+    return bool(ts_np.size == 0 or (ts_np[0] >= t0 and np.all(np.diff(ts_np) >= 0)))
+
+
 def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
                    k: torch.Tensor, *, method: str = "dopri5", rtol: float = 1e-8,
                    atol: float = 1e-10, max_steps: int = 100_000, dt0: float | None = None,
@@ -56,7 +75,11 @@ def explicit_solve(rhs: Callable, ts: torch.Tensor, t0: float, y0: torch.Tensor,
     """Solve with torchdiffeq (one shared step size for the batch). A failure fails every
     member: status 1 (max_steps) or 3 (step size underflow or another solver error).
     ``breaks``: times where the vector field may jump (torchdiffeq's ``jump_t``, for its
-    adaptive solvers)."""
+    adaptive solvers). Where :func:`per_member` holds, kinabs' own ``dopri5`` solves
+    instead (each member its own steps and status)."""
+    if per_member(method, ts, t0, y0, k, adjoint):
+        return dopri5_solve(rhs, ts, t0, y0, k, rtol=rtol, atol=atol, max_steps=max_steps,
+                            dt0=dt0, breaks=breaks)
     import torchdiffeq
 
     b = y0.shape[0]
