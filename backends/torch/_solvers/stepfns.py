@@ -69,6 +69,9 @@ class _StepPrinter(Printer):
 
     def p(self, e: sympy.Basic) -> str:
         if isinstance(e, sympy.Add):
+            fused = self._fused_add(e)
+            if fused is not None:
+                return fused
             pos, neg = [], []
             for a in e.args:
                 (neg if a.could_extract_minus_sign() else pos).append(a)
@@ -78,6 +81,27 @@ class _StepPrinter(Printer):
                 text = " + ".join(self.p(a) for a in pos)
                 return "(" + text + "".join(f" - {self.p(-a)}" for a in neg) + ")"
         return super().p(e)
+
+    def _fused_add(self, e: sympy.Add) -> str | None:
+        """``a + b*c + d*e`` as ``addcmul(addcmul(a, b, c), d, e)``: one torch call per
+        product term instead of two. Only products of two or more factors without a
+        number coefficient or a denominator are fused, onto a sum that prints as a tensor
+        (never a Python number); ``None`` where nothing is fused."""
+        products = [a for a in e.args if _fusable(a)]
+        if not products:
+            return None
+        rest = [a for a in e.args if not _fusable(a)]
+        if rest:
+            text = self.p(sympy.Add(*rest, evaluate=False)) if len(rest) > 1 else self.p(rest[0])
+        else:
+            text = self.p(products.pop(0))
+        if _is_number_text(text.strip("()")) or not products:
+            return None
+        for m in products:
+            first, *others = m.args
+            second = others[0] if len(others) == 1 else sympy.Mul(*others, evaluate=False)
+            text = f"ops.addcmul({text}, {self.p(first)}, {self.p(second)})"
+        return text
 
     def _mul(self, e: sympy.Mul) -> str:
         coeff, rest = e.as_coeff_Mul()
@@ -111,6 +135,14 @@ class _StepPrinter(Printer):
         if exp == -3:
             return f"ops.recip(ops.cube({self.p(base)}))"
         return super()._pow(base, exp)
+
+
+def _fusable(a: sympy.Basic) -> bool:
+    """A product of two or more factors, none a number or a negative power."""
+    return (isinstance(a, sympy.Mul) and len(a.args) >= 2
+            and not any(f.is_Number for f in a.args)
+            and not any(isinstance(f, sympy.Pow) and f.exp.is_Number and f.exp < 0
+                        for f in a.args))
 
 
 def _is_number_text(text: str) -> bool:
@@ -343,6 +375,8 @@ class _StepOps(TorchOps):
 
     def recip(self, x):
         return torch.reciprocal(x)
+
+    addcmul = staticmethod(torch.addcmul)
 
     def square(self, x):
         return torch.square(x)
