@@ -25,8 +25,11 @@ from kinabs._stages import SolveStage, run_stages, solve_stages
 from kinabs.backends.jax._simulate import (
     AUTO_EXPLICIT_STEP_CAP,
     bound_once,
+    gated_term,
     lowered,
     make_solver,
+    over_members,
+    step_controller,
 )
 
 __all__ = ["event_segment", "max_step"]
@@ -67,8 +70,7 @@ def _compiled(system, method, opts: SolverOptions, max_steps: int):
         active = t_stop > t_start
         start_ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(rhs(t_start, y0, k)))
         run = active & start_ok
-        term = diffrax.ODETerm(
-            lambda t, y, args: jnp.where(args[1], rhs(t, y, args[0]), 0.0))
+        term = gated_term(rhs, solver, None if stateless else system)
         t1 = jnp.where(active, t_stop, t_start + 1.0)
         event = None
         if n_atoms:
@@ -87,9 +89,8 @@ def _compiled(system, method, opts: SolverOptions, max_steps: int):
             event = diffrax.Event(cond_fn=cond,
                                   root_finder=optx.Newton(rtol=ROOT_TOL, atol=ROOT_TOL),
                                   direction=True)
-        controller = diffrax.PIDController(
-            rtol=opts.rtol, atol=opts.atol, dtmax=dtmax,
-            jump_ts=jnp.asarray(breaks, dtype=jnp.float64) if breaks else None)
+        controller = step_controller(opts, solver, breaks, jnp.clip(ts, t_start, t1),
+                                     dtmax=dtmax)
         sol = diffrax.diffeqsolve(
             term, solver, t0=t_start, t1=t1, dt0=opts.dt0, y0=y0, args=(k, run),
             saveat=diffrax.SaveAt(ts=jnp.clip(ts, t_start, t1), t1=True),
@@ -117,7 +118,7 @@ def _compiled(system, method, opts: SolverOptions, max_steps: int):
         y_end = jnp.where(active, y_end, y0)
         return ys, t_end, y_end, fired, status, sol.stats["num_accepted_steps"], start_ok
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None)))
+    return jax.jit(over_members(one, opts.batching, 5))
 
 
 def max_step(times) -> float:

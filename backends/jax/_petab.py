@@ -21,7 +21,7 @@ does with numpy around the backend's solves happens inside the program, so that
 * the log-likelihood as PEtab defines it (normal/laplace, lin/log/log10 with the
   Jacobian term), NaN where any condition failed (``status != 0``).
 
-The solver is one program: ``method="auto"`` means the implicit solver (Kvaerno5) here,
+The solver is one program: ``method="auto"`` means the implicit solver (Rodas5) here,
 since there is no second stage to fall back on inside a compiled, differentiated program.
 
 Example:
@@ -44,7 +44,14 @@ import numpy as np
 from kinabs._backend import STATUS
 from kinabs._errors import DataError
 from kinabs._options import AdjointOptions, SolverOptions
-from kinabs.backends.jax._simulate import lowered, make_adjoint, make_solver, solve_one
+from kinabs.backends.jax._simulate import (
+    gated_term,
+    lowered,
+    make_adjoint,
+    make_solver,
+    solve_one,
+    step_controller,
+)
 from kinabs.petab._conditions import Refs
 from kinabs.petab._formulas import evaluate as eval_formula
 from kinabs.petab._objective import likelihood
@@ -286,8 +293,7 @@ class CompiledObjective:
         horizons = np.asarray(ss.horizons, dtype=np.float64)
         start_ok = jax.lax.stop_gradient(
             jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(fns.rhs(0.0, y0, k))))
-        term = diffrax.ODETerm(
-            lambda t, y, args: jnp.where(args[1], fns.rhs(t, y, args[0]), 0.0))
+        term = gated_term(fns.rhs, self._ss_solver, self.problem.system)
         breaks = fns.generated.time_breaks
 
         def converged(t, y, args):
@@ -295,9 +301,7 @@ class CompiledObjective:
             return (jnp.all(jnp.abs(dy) <= ss.atol + ss.rtol * jnp.abs(y))
                     & jnp.all(jnp.isfinite(y)))
 
-        controller = diffrax.PIDController(
-            rtol=opts.rtol, atol=opts.atol,
-            jump_ts=jnp.asarray(breaks, dtype=jnp.float64) if breaks else None)
+        controller = step_controller(opts, self._ss_solver, breaks)
         sol = diffrax.diffeqsolve(
             term, self._ss_solver, t0=0.0, t1=float(horizons[-1]), dt0=opts.dt0, y0=y0,
             args=(k, start_ok), saveat=diffrax.SaveAt(t1=True),
@@ -361,7 +365,8 @@ class CompiledObjective:
             def run(y0i, ki, act):
                 ys, st, _ = solve_one(fns, self._solver, self.solver, ts, jnp.float64(0.0),
                                       y0i, ki, max_steps=self.solver.max_steps,
-                                      adjoint=self._adjoint, active=act)
+                                      adjoint=self._adjoint, active=act,
+                                      system=self.problem.system)
                 return self._outputs(ts, ys, ki), st
 
             values, st = jax.vmap(run)(y0, k_sim, active)

@@ -81,7 +81,7 @@ def check_optimizer(optimizer: Any) -> None:
 CHUNK = 25
 
 #: In "auto" mode, a start whose explicit solve needs more steps than this redoes the
-#: iteration with the implicit solver (Kvaerno5).
+#: iteration with the implicit solver (Rodas5, ``kinabs.backends.jax._rosenbrock``).
 AUTO_TRAIN_EXPLICIT_STEPS = 4096
 
 #: "auto" Jacobians are forward-mode (jacfwd through diffrax.ForwardMode) while the
@@ -268,7 +268,8 @@ class JaxTrainingProgram(TrainingProgram):
             factors = fns.to_state(e["t0"], y0, k)
             y0 = jnp.where(y0_mask, y0_nat * factors, y0)
             ys, status, _ = solve_one(fns, solver, opts, ts, e["t0"], y0, k,
-                                      max_steps=max_steps, adjoint=adjoint, active=active)
+                                      max_steps=max_steps, adjoint=adjoint, active=active,
+                                      system=pb.system)
             return e["outputs"](ts, ys, k), status
 
         if pb.loss is None and self._residuals:
