@@ -3,9 +3,10 @@
 ``SolverOptions(method="auto")`` means: try a cheap explicit solve first, capped at a
 number of steps the backend chooses; redo what it cannot finish with the implicit
 solver; redo what that cannot finish either with the explicit solver and every step
-allowed (Kvaerno5's chord iterations can fail to converge at rtol 1e-12 where Tsit5
-needs 28,000 steps but succeeds: Bachmann_MSB2011). Each stage runs only the batch
-members the stages before it failed.
+allowed (an implicit solver can fail where the explicit one only needs many steps:
+diffrax's Kvaerno5, the JAX stiff solver before Rodas5, never converged its chord
+iterations on Bachmann_MSB2011 at rtol 1e-12, where Tsit5 needs 28,000 steps). Each
+stage runs only the batch members the stages before it failed.
 
 Backends differ only in the explicit step cap they ask for (an eager torch step costs
 far more than a compiled JAX one) and in whether an explicit first stage makes sense at

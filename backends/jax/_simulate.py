@@ -39,10 +39,14 @@ AUTO_EXPLICIT_STEP_CAP = 1_000
 
 
 def bound_once(system, key: str, bind):
-    """``bind(JaxOps())`` made once per system and kept in its cache under ``key``."""
+    """``bind(JaxOps())`` made once per system and kept in its cache under ``key``.
+
+    Bound eagerly even when first asked for inside a trace (the symbolic Jacobian is
+    bound where a solve is traced): its constants must be arrays, not tracers that
+    would leak into the system's cache (and fail to pickle with it)."""
     fns = system._cache.get(key)
     if fns is None:
-        with jax.enable_x64(True):
+        with jax.enable_x64(True), jax.ensure_compile_time_eval():
             fns = bind(JaxOps())
         system._cache[key] = fns
     return fns
