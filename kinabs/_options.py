@@ -42,12 +42,15 @@ class SolverOptions:
         dt0: the first step size (``None``: chosen automatically).
         batching: how the JAX backend solves a batch (several parameter sets or
             starts) in one compiled program: ``"vmap"`` advances all members together,
-            so every member takes as many steps as the slowest (the stiffest set of 100
-            needed 60 times the median's steps); ``"sequential"`` (``lax.map``) solves them
-            one after another, so a batch costs the sum of its members' work;
-            ``"auto"`` (default) is sequential on CPU and vmap on GPU and TPU, whose wide
-            vector units want whole batches. The torch backend's Rosenbrock solver
-            already steps each member on its own and ignores this.
+            so each step of the batch lasts as long as its slowest member needs;
+            ``"sequential"`` (``lax.map``) solves them one after another, so a batch
+            costs the sum of its members' steps. ``"auto"`` (default) is vmap: on this
+            2-core CPU, 50 perturbed sets of four shared models (7 to 25 states) took
+            1.3 to 5.6 times longer sequential, since a compiled step's fixed cost
+            dominates small models and vmap shares it; the explicit stage's step cap
+            and the Rosenbrock stiff stage keep the slowest member near the others.
+            Sequential pays where a few members need far more steps than the rest.
+            The torch backend steps each member on its own and ignores this.
 
     Example:
         Options are checked when made, and go to ``simulate``, ``Trainer`` and
