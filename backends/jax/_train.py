@@ -82,7 +82,12 @@ CHUNK = 25
 
 #: In "auto" mode, a start whose explicit solve needs more steps than this redoes the
 #: iteration with the implicit solver (Rodas5, ``kinabs.backends.jax._rosenbrock``).
-AUTO_TRAIN_EXPLICIT_STEPS = 4096
+#: The vmapped starts step in lockstep, so the cap bounds what the slowest explicit start
+#: costs the others. The defaults fit (100 log-uniform serine starts, Levenberg-
+#: Marquardt, ``bench_optimisers.py --defaults``) took 168 / 127 / 103 s with caps of
+#: 4096 / 1000 / 500 (with Kvaerno5 as the stiff solver and 4096: 297 s), the same best
+#: loss (3.4e-16) and 62 starts at or below 1e-10 each time.
+AUTO_TRAIN_EXPLICIT_STEPS = 500
 
 #: "auto" Jacobians are forward-mode (jacfwd through diffrax.ForwardMode) while the
 #: parameters are at most this many times the residuals. Measured on serine (10
