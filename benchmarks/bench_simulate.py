@@ -22,25 +22,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _timing import median_ms  # benchmarks/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 RTOL, ATOL = 1e-8, 1e-10
 TIMES = np.linspace(0.0, 10.0, 10)
 OUTPUTS = ["php", "pser"]  # the floating species, as libRoadRunner's columns
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(out))
 
 
 def parameter_sets(system, n: int = 100, seed: int = 0) -> np.ndarray:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import numpy as np
+from _timing import median_ms  # benchmarks/ is the script's folder
 
 import kinabs
 from kinabs._model import sym
@@ -52,16 +52,6 @@ def torchdiffeq_only():
         yield
     finally:
         explicit.per_member, _simulate.per_member = saved
-
-
-def median_ms(fn, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def main() -> None:

@@ -11,20 +11,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 import roadrunner
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(out))
+from _timing import median_ms  # benchmarks/ is the script's folder
 
 
 def main() -> None:

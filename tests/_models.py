@@ -26,6 +26,19 @@ def robertson_model() -> kinabs.Model:
     )
 
 
+def robertson_reference(times):
+    """Robertson's problem at ``times`` (starting at 0) by scipy's Radau at rtol 1e-10,
+    atol 1e-14: (len(times), 3)."""
+    from scipy.integrate import solve_ivp
+
+    def f(t, y):
+        return [-0.04 * y[0] + 1e4 * y[1] * y[2],
+                0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
+
+    return solve_ivp(f, (0, times[-1]), [1, 0, 0], method="Radau", rtol=1e-10, atol=1e-14,
+                     t_eval=times).y.T
+
+
 def forced_model(model_id: str, factor) -> kinabs.Model:
     """A -> B at rate k A factor(t), B removed at rate kb B^2: a rate forced by a
     function of time (``factor``, a sympy expression in ``kinabs._model.TIME``)."""

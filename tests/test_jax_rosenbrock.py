@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kinabs
-from tests._models import robertson_model
+from tests._models import robertson_model, robertson_reference
 
 jax = pytest.importorskip("jax")
 diffrax = pytest.importorskip("diffrax")
@@ -42,15 +42,8 @@ def test_order_of_convergence(tab):
 def test_robertson_matches_radau_reference():
     """The classic stiff test (rates 0.04, 1e4, 3e7) against scipy's Radau at tight
     tolerances, through kinabs.simulate with method="stiff"."""
-    from scipy.integrate import solve_ivp
-
-    def f(t, y):
-        return [-0.04 * y[0] + 1e4 * y[1] * y[2],
-                0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
-
     times = np.array([0.4, 4.0, 40.0])
-    ref = solve_ivp(f, (0, 40), [1, 0, 0], method="Radau", rtol=1e-10, atol=1e-14,
-                    t_eval=times).y.T
+    ref = robertson_reference(times)
     opts = kinabs.SolverOptions(method="stiff", rtol=1e-8, atol=1e-14)
     res = kinabs.simulate(robertson_model(), times, backend="jax", solver=opts)
     np.testing.assert_allclose(res.values[0], ref, rtol=2e-6)
