@@ -27,7 +27,7 @@ from kinabs.backends.jax._ops import JaxOps
 from kinabs.backends.jax._rosenbrock import JacobianTerm, Rosenbrock
 
 __all__ = ["simulate", "lowered", "bound_once", "make_solver", "make_adjoint", "solve_one",
-           "over_members", "sequential", "step_controller", "gated_term", "symbolic_jacobian",
+           "over_members", "step_controller", "gated_term", "symbolic_jacobian",
            "AUTO_EXPLICIT_STEP_CAP"]
 
 #: Explicit solves in "auto" mode that need more steps than this are redone implicitly.
@@ -104,24 +104,18 @@ def make_solver(method: Any) -> diffrax.AbstractSolver:
     )
 
 
-def sequential(batching: str) -> bool:
-    """Whether a batch is solved member after member (``lax.map``) rather than vmapped:
-    ``SolverOptions.batching``, whose ``"auto"`` is vmap (measured: see there)."""
-    return batching == "sequential"
-
-
 def over_members(one, batching: str, n_mapped: int):
     """``one`` applied to each member of a batch: its first ``n_mapped`` arguments have a
     leading batch axis, the others are shared. Sequential (``lax.map``: a batch costs the
     sum of its members' steps) or vmapped (every member steps in lockstep with the
-    slowest), as :func:`sequential` decides. A batch of one is solved unbatched (a
+    slowest), as ``SolverOptions.batching`` says (its ``"auto"`` is vmap). A batch of one is solved unbatched (a
     vmapped while loop of one member cost serine 0.3 ms of its 0.9)."""
     def batched(*args):
         mapped, shared = args[:n_mapped], args[n_mapped:]
         if mapped[0].shape[0] == 1:
             out = one(*(a[0] for a in mapped), *shared)
             return jax.tree.map(lambda x: x[None], out)
-        if sequential(batching):
+        if batching == "sequential":
             return jax.lax.map(lambda m: one(*m, *shared), tuple(mapped))
         axes = (0,) * n_mapped + (None,) * len(shared)
         return jax.vmap(one, in_axes=axes)(*args)
