@@ -139,6 +139,13 @@ class Backend(ABC):
         between segments). Backends without one raise :class:`kinabs.BackendError`."""
         raise BackendError(f"the {self.name} backend cannot simulate models with events.")
 
+    def event_engine(self, system: Any, solver: Any) -> Any:
+        """The arrays, solves and derivative passes that differentiate a simulation with
+        events (see :mod:`kinabs._event_gradients`). Backends without one raise
+        :class:`kinabs.BackendError`."""
+        raise BackendError(f"the {self.name} backend cannot differentiate models with "
+                           "events.")
+
     def petab_objective(self, problem: Any, *, solver: Any, steady_state: Any,
                         adjoint: Any) -> Any:
         """The compiled, differentiable log-likelihood of a PEtab problem (see

@@ -89,8 +89,11 @@ class _Member:
 
 
 class _Driver:
-    def __init__(self, system, ts, outputs_index, seed: int, batch: int):
+    def __init__(self, system, ts, outputs_index, seed: int, batch: int,
+                 record: bool = False):
         self.system, self.ev, self.ts = system, system.events, ts
+        #: per member, what happened in order (see :func:`simulate_with_events`), or None
+        self.tapes: list[list[tuple]] | None = [[] for _ in range(batch)] if record else None
         #: (B, T, O) outputs; NaN until saved
         self.out = np.full((batch, ts.size, len(outputs_index)), np.nan)
         ops = numpy_ops()
@@ -130,6 +133,7 @@ class _Driver:
             values = np.asarray(self.values(t, m.y, m.k), dtype=np.float64)[self.slices[e]]
         self.seq += 1
         m.pending.append((m.t + delay, self.seq, e, values))
+        self._note(m, ("fire", self.seq, e))
 
     def _triggers(self, m: _Member) -> None:
         now = self.ev.truths(m.sides)
@@ -140,13 +144,18 @@ class _Driver:
                 m.pending = [q for q in m.pending if q[2] != e]
         m.trig = now
 
+    def _note(self, m: _Member, entry: tuple) -> None:
+        if self.tapes is not None:
+            self.tapes[m.index].append(entry)
+
     def _execute(self, m: _Member, entry) -> None:
-        _, _, e, values = entry
+        _, seq, e, values = entry
         event = self.ev.events[e]
         t = np.float64(m.t)
         if values is None:
             values = np.asarray(self.values(t, m.y, m.k), dtype=np.float64)[self.slices[e]]
         if not event.targets:
+            self._note(m, ("exec", seq, e, ()))
             return
         # SBML: the assignments act together; a species' value is converted to its state
         # (an amount in a resizing compartment) at the sizes before the event, and a
@@ -156,7 +165,8 @@ class _Driver:
         factors = np.asarray(self.fns.to_state(t, m.y, m.k), dtype=np.float64)
         for i, v in zip(event.targets, values):
             y[i] = v * factors[i] if self.system.states[i] in species else v
-        self._keep_amounts(m.y, y, event.targets)
+        changed = self._keep_amounts(m.y, y, event.targets)
+        self._note(m, ("exec", seq, e, changed))
         m.y = y
 
     def crossed(self, m: _Member, fired: int, g: np.ndarray, sides: np.ndarray) -> None:
@@ -175,14 +185,17 @@ class _Driver:
         new = np.where(move != 0, move, -m.sides[fired])
         sides[group] = new if np.all(np.isfinite(new)) else -m.sides[fired]
 
-    def _keep_amounts(self, before: np.ndarray, y: np.ndarray, targets) -> None:
+    def _keep_amounts(self, before: np.ndarray, y: np.ndarray, targets) -> tuple:
         """A compartment resized by an event keeps its species' amounts (SBML): a species
         integrated as a concentration (one with a rate rule) is rescaled by old size /
-        new size."""
+        new size. Returns the resized compartments."""
+        changed = []
         for c, i in self.resized.items():
             if i in targets and y[i] != before[i]:
+                changed.append(c)
                 for j in self.by_compartment[c]:
                     y[j] = y[j] * before[i] / y[i]
+        return tuple(changed)
 
     def instant(self, m: _Member) -> None:
         """Fire, cancel and execute what is due at ``m.t`` until nothing is."""
@@ -217,7 +230,8 @@ class _Driver:
                     f"events {sorted(executed)} keep triggering each other, a cascade that "
                     "does not end. Check the triggers and assignments of these events.")
 
-    def save(self, m: _Member, upto: float, ys: np.ndarray | None, inclusive: bool) -> None:
+    def save(self, m: _Member, upto: float, ys: np.ndarray | None, inclusive: bool
+             ) -> np.ndarray:
         """Outputs at the save times from ``m.saved`` up to ``upto``: from the segment's
         ``ys`` (T, S), or from the current state where ``ys`` is None."""
         ts = self.ts
@@ -229,15 +243,26 @@ class _Driver:
                 vals = self.outputs(ts[idx], states, m.k[None, :])
             self.out[m.index, idx] = np.asarray(vals, dtype=np.float64)
             m.saved = int(idx[-1]) + 1
+        return idx
 
 
 def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: float,
                          y0: np.ndarray | None, y0_mask: np.ndarray | None,
-                         output_index: np.ndarray, solver: Any, seed: int = 0
-                         ) -> RawSolution:
+                         output_index: np.ndarray, solver: Any, seed: int = 0,
+                         record: bool = False) -> RawSolution:
     """Simulate a batch (``p``: (B, P)) of a system with events on ``backend``; the same
-    arguments and result as :meth:`kinabs.Backend.simulate`."""
-    drv = _Driver(system, ts, output_index, seed, p.shape[0])
+    arguments and result as :meth:`kinabs.Backend.simulate`.
+
+    With ``record=True`` the result has a ``tapes`` attribute: per member, the list of
+    what happened, in order, that ``kinabs._event_gradients`` replays differentiably:
+    ``("fire", seq, event)`` (an event fired: its delay and values from trigger time are
+    taken now), ``("exec", seq, event, resized)`` (the execution of firing ``seq``;
+    ``resized``: the compartments whose species kept their amounts), ``("seg", t_start,
+    t_end, atom, seq, lo, hi)`` (a solve from ``t_start`` to ``t_end``, ended by the
+    crossing of ``atom`` (-1: by a stop time, the execution time of firing ``seq``, or
+    the last save time where ``seq`` is -1), saving the save times ``lo:hi``) and
+    ``("final", lo, hi)`` (save times ``lo:hi`` from the final state)."""
+    drv = _Driver(system, ts, output_index, seed, p.shape[0], record)
     ev, fns = system.events, drv.fns
     b, t_final = p.shape[0], float(ts[-1])
     members: list[_Member] = []
@@ -258,6 +283,9 @@ def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: 
         if not live:
             break
         t_stop = np.asarray([min([q[0] for q in m.pending] + [t_final]) for m in live])
+        # which firing's execution each stop time is (-1: the last save time)
+        stop_seq = [min(m.pending)[1] if m.pending and min(m.pending)[0] < t_final else -1
+                    for m in live]
         seg = backend.event_segment(
             system, ts, np.asarray([m.t for m in live]), t_stop,
             np.stack([m.y for m in live]), np.stack([m.k for m in live]),
@@ -269,7 +297,10 @@ def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: 
                 continue
             fired = int(seg.fired[j])
             t_end = float(seg.t_end[j]) if fired >= 0 else float(t_stop[j])
+            lo = m.saved
             drv.save(m, t_end, seg.ys[j], inclusive=False)
+            drv._note(m, ("seg", m.t, t_end, fired, -1 if fired >= 0 else stop_seq[j], lo,
+                          m.saved))
             m.t, m.y = t_end, np.asarray(seg.y_end[j], dtype=np.float64)
             g = drv._g(m)
             sides = ev.update_sides(m.sides, g)
@@ -282,6 +313,11 @@ def simulate_with_events(system, backend, ts: np.ndarray, p: np.ndarray, *, t0: 
                               "events keep firing. Check their triggers.")
     for m in members:
         if m.status == 0:
+            lo = m.saved
             drv.save(m, t_final, None, inclusive=True)
-    return RawSolution(ys=drv.out, status=np.asarray([m.status for m in members]),
-                       steps=np.asarray([m.steps for m in members]))
+            drv._note(m, ("final", lo, m.saved))
+    raw = RawSolution(ys=drv.out, status=np.asarray([m.status for m in members]),
+                      steps=np.asarray([m.steps for m in members]))
+    if record:
+        object.__setattr__(raw, "tapes", drv.tapes)
+    return raw

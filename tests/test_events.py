@@ -149,14 +149,24 @@ def test_negative_delay_is_an_error_naming_the_event():
         kinabs.simulate(model, [0.0, 2.0], backend="torch")
 
 
-def test_training_a_model_with_events_is_refused_naming_the_event():
+def test_training_a_model_with_events_refuses_what_it_does_not_support_naming_the_event():
+    # kinabs' own methods with the default loss train models with events (see
+    # tests/test_event_gradients.py); other optimisers and custom losses are refused
     model = _with(_decay(), Event("dose", trigger=TIME >= 2,
                                   assignments=(("A", sympy.Integer(1)),)))
     import pandas as pd
 
     data = pd.DataFrame({"A": [1.0, 0.4]}, index=pd.Index([0.0, 1.0], name="time"))
-    with pytest.raises(kinabs.UnsupportedFeatureError, match="'dose'.*training"):
-        kinabs.Trainer(model, data)
+    kinabs.Trainer(model, data, backend="torch", progress=False)  # accepted
+    optimizer = kinabs.get_backend("torch").adam(1e-3)
+    with pytest.raises(kinabs.UnsupportedFeatureError, match="'dose'.*partial.*BFGS"):
+        kinabs.Trainer(model, data, backend="torch", optimizer=optimizer)
+
+    def loss(params, ts, ys):
+        return ys.sum()
+
+    with pytest.raises(kinabs.UnsupportedFeatureError, match="'dose'.*custom loss"):
+        kinabs.Trainer(model, data, backend="torch", loss=loss)
 
 
 _EVENT_SBML = """<?xml version="1.0" encoding="UTF-8"?>

@@ -7,6 +7,7 @@ from __future__ import annotations
 import optax
 
 from kinabs._backend import Backend
+from kinabs.backends.jax._event_gradients import JaxEventEngine
 from kinabs.backends.jax._events import event_segment
 from kinabs.backends.jax._simulate import simulate
 from kinabs.backends.jax._train import JaxTrainingProgram, check_optimizer, default_optimizer
@@ -22,6 +23,9 @@ class JaxBackend(Backend):
     def simulate(self, system, times, parameters, *, t0, y0, y0_mask, output_index, solver):
         return simulate(system, times, parameters, t0=t0, y0=y0, y0_mask=y0_mask,
                         output_index=output_index, solver=solver)
+
+    def event_engine(self, system, solver):
+        return JaxEventEngine(system, solver)
 
     def event_segment(self, system, times, t_start, t_stop, y, k, sides, solver):
         return event_segment(system, times, t_start, t_stop, y, k, sides, solver)

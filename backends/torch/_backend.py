@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from kinabs._backend import Backend, RawSolution
+from kinabs.backends.torch._event_gradients import TorchEventEngine
 from kinabs.backends.torch._events import event_segment
 from kinabs.backends.torch._simulate import simulate
 from kinabs.backends.torch._train import (
@@ -24,6 +25,9 @@ class TorchBackend(Backend):
     """Backend on PyTorch: a batched Rosenbrock solver and torchdiffeq."""
 
     name = "torch"
+
+    def event_engine(self, system, solver):
+        return TorchEventEngine(system, solver)
 
     def event_segment(self, system, times, t_start, t_stop, y, k, sides, solver):
         return event_segment(system, times, t_start, t_stop, y, k, sides, solver)

@@ -94,4 +94,9 @@ class FitSpec:
         """The backend's compiled training program (it serves rounds of any length)."""
         backend = get_backend(self.backend)
         optimizer = default_method(self.loss) if self.optimizer is None else self.optimizer
+        if self.system.events is not None:
+            # a host-driven loop of solves between events, differentiated by replay
+            from kinabs._event_gradients import EventTrainingProgram
+
+            return EventTrainingProgram(self.problem(), optimizer, backend)
         return backend.training_program(self.problem(), optimizer, n_iter)

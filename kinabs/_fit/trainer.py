@@ -21,13 +21,13 @@ import numpy as np
 
 from kinabs._backend import get_backend, resolve_backend_name
 from kinabs._errors import DataError
+from kinabs._event_gradients import check_event_training
 from kinabs._fit.data import TrainingData, check_constrains
 from kinabs._fit.executor import check_chunk_size, run_chunked
 from kinabs._fit.loop import progress_bar, run_loop, to_space
 from kinabs._fit.results import TrainingResults
 from kinabs._fit.sampling import latin_hypercube
 from kinabs._fit.spec import FitSpec, default_method
-from kinabs._lowering.events import refuse_events
 from kinabs._lowering.system import as_system
 from kinabs._optim import Bounds, is_method
 from kinabs._options import AdjointOptions, SolverOptions, adjoint_options, solver_options
@@ -162,7 +162,7 @@ class Trainer:
         self._program = None
         self._program_key = None
         system = as_system(model)
-        refuse_events(system, "training")
+        check_event_training(system, optimizer, loss)
         data = TrainingData.coerce(data)
         data.check_against(system)
         self.backend_name = resolve_backend_name(backend)
@@ -208,7 +208,7 @@ class Trainer:
     @model.setter
     def model(self, model: Any) -> None:
         system = as_system(model)
-        refuse_events(system, "training")
+        check_event_training(system, self._optimizer, self._loss)
         self._data.check_against(system)
         _check_parameters(system, self.parameters, changing="model")
         check_constrains(self._data, system, self.parameters)
@@ -240,6 +240,8 @@ class Trainer:
     @optimizer.setter
     def optimizer(self, optimizer: Any) -> None:
         if optimizer is not None:
+            if getattr(self, "system", None) is not None:
+                check_event_training(self.system, optimizer, None)
             self._backend.check_optimizer(optimizer)
             _check_method_loss(optimizer, self._loss)
         self._optimizer = optimizer
@@ -287,6 +289,8 @@ class Trainer:
         else:
             loss = CustomLoss(loss_func, dict(kwargs))
         _check_method_loss(getattr(self, "_optimizer", None), loss)
+        if getattr(self, "system", None) is not None:
+            check_event_training(self.system, None, loss)
         self._loss = loss
         return self._loss
 
