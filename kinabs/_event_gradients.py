@@ -38,7 +38,8 @@ from typing import Any
 import array_api_compat.numpy as npx
 import numpy as np
 
-from kinabs._errors import UnsupportedFeatureError
+from kinabs._backend import RawSolution
+from kinabs._errors import SimulationError, UnsupportedFeatureError
 from kinabs._events import simulate_with_events
 from kinabs._losses import DEFAULT_RESIDUALS
 from kinabs._optim import is_method
@@ -241,16 +242,32 @@ class EventTrainingProgram(TrainingProgram):
     # -- evaluations -----------------------------------------------------------------
     def _simulate(self, theta: np.ndarray) -> list:
         """Per experiment, the recorded simulation of every row of ``theta``."""
-        out = []
-        for e in self.problem.experiments:
-            p = self._p_numpy(theta, e)
-            y0 = np.broadcast_to(e.y0, (p.shape[0], e.y0.size)) if e.y0_mask.any() else None
-            out.append(simulate_with_events(
+        return [self._simulate_experiment(self._p_numpy(theta, e), e)
+                for e in self.problem.experiments]
+
+    def _simulate_experiment(self, p: np.ndarray, e: Any) -> Any:
+        """The recorded simulation of experiment ``e`` at ``p`` (B, P). A start whose
+        events fail (a negative delay, a cascade without end) fails with status 3
+        ("solver error"), not the whole batch."""
+        y0 = np.broadcast_to(e.y0, (p.shape[0], e.y0.size)) if e.y0_mask.any() else None
+        try:
+            return simulate_with_events(
                 self.problem.system, self.backend, np.asarray(e.times, dtype=np.float64), p,
                 t0=float(e.t0), y0=y0, y0_mask=e.y0_mask if y0 is not None else None,
                 output_index=np.asarray(e.output_index), solver=self.problem.solver,
-                record=True))
-        return out
+                record=True)
+        except SimulationError:
+            if p.shape[0] == 1:
+                raw = RawSolution(ys=np.full((1, e.times.size, e.output_index.size), np.nan),
+                                  status=np.asarray([3]), steps=np.asarray([-1]))
+                object.__setattr__(raw, "tapes", [[]])
+                return raw
+        rows = [self._simulate_experiment(p[i:i + 1], e) for i in range(p.shape[0])]
+        raw = RawSolution(ys=np.concatenate([r.ys for r in rows]),
+                          status=np.concatenate([r.status for r in rows]),
+                          steps=np.concatenate([r.steps for r in rows]))
+        object.__setattr__(raw, "tapes", [r.tapes[0] for r in rows])
+        return raw
 
     def _residuals_numpy(self, raws: list) -> np.ndarray:
         parts = []
