@@ -123,6 +123,12 @@ class Trainer:
             samples (from the last :meth:`latinhypercube_sampling` bounds) and go on.
         progress: show a progress bar.
 
+    A model with SBML events trains too, on both backends, with kinabs' own methods and
+    the default loss: each evaluation simulates the events on the host and
+    differentiates a replay of what happened, event times included
+    (:mod:`kinabs._event_gradients`); other optimisers and custom losses raise
+    :class:`kinabs.UnsupportedFeatureError` naming the first event.
+
     Example (two starts, three iterations, then a second round that goes on from the
     first; :meth:`train` shows chunked runs):
         >>> import kinabs
