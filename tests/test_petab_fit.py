@@ -1,5 +1,6 @@
 """Fitting PEtab problems: ``kinabs.petab.fit`` (Latin hypercube starts within the
-parameter table's bounds, projected BFGS on the negative log-likelihood) and ``kinabs fit
+parameter table's bounds, Levenberg-Marquardt on the Fisher information of the negative
+log-likelihood by default, or projected BFGS) and ``kinabs fit
 PROBLEM.yaml``. One compiled objective for the module (the CLI run), checked against the
 analytic optimum of PEtab test-suite case 0001."""
 
@@ -104,7 +105,7 @@ def test_a_start_on_a_plateau_of_huge_nllh_is_not_converged_at_once():
     on (the Trainer's relative gradient test, 1e-10 |f|, called them converged)."""
     import array_api_compat.numpy as xp
 
-    from kinabs.petab._multistart import DEFAULT_METHOD
+    from kinabs.petab._multistart import BFGS_METHOD as DEFAULT_METHOD
 
     x = np.array([[0.5, 0.5]])
     f = np.array([2.4e11])

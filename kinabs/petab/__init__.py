@@ -18,6 +18,7 @@ Example:
     ['evaluate', 'evaluate_batch', 'fit', 'load', 'plot_fit']
 """
 
+from kinabs.petab._fisher import FisherLM
 from kinabs.petab._gradient import Objective
 from kinabs.petab._multistart import PetabFitResult, fit, plot_fit
 from kinabs.petab._objective import BatchResult, EvaluationResult, evaluate, evaluate_batch
@@ -27,5 +28,5 @@ from kinabs.petab._steady_state import SteadyStateOptions
 __all__ = [
     "load", "evaluate", "evaluate_batch", "PetabProblem", "Observable", "ParameterTable",
     "EvaluationResult", "BatchResult", "SteadyStateOptions", "Objective", "fit", "plot_fit",
-    "PetabFitResult",
+    "PetabFitResult", "FisherLM",
 ]

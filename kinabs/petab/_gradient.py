@@ -126,6 +126,20 @@ class Objective:
         self._status(status)
         return (float(llh[0]), grad[0]) if single else (llh, grad)
 
+    def value_grad_fim(self, theta: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+        """(llh, d llh / d theta, fim) at ``theta`` (F,) or each row of (B, F): ``fim``
+        (F, F) or (B, F, F) the Fisher information matrix, the expected Hessian of the
+        nllh (Gauss-Newton's for fixed noise, with the noise parameters' own terms where
+        they are estimated), as Fides uses it; NaN where a simulation failed."""
+        arr, single = self._batch(theta)
+        llh, grad, fim, status = self._compiled.value_grad_fim(arr)
+        bad = np.any(status != 0, axis=1)
+        grad, fim = grad.copy(), fim.copy()
+        grad[bad] = np.nan
+        fim[bad] = np.nan
+        self._status(status)
+        return (float(llh[0]), grad[0], fim[0]) if single else (llh, grad, fim)
+
     def __call__(self, theta: Any):
         return self.value(theta)
 
