@@ -28,6 +28,33 @@ The backends give the arrays, solves and derivative passes (an *event engine*:
 :class:`EventTrainingProgram` trains with kinabs' own methods
 (:class:`kinabs.LevenbergMarquardt`, :class:`kinabs.BFGS`) on numpy, one replay per
 start, and serves :class:`kinabs.Trainer` for models with events on both backends.
+
+Example:
+    The loss and its gradient (what one iteration of a fit computes) for a decay
+    ``A ->`` refilled whenever ``A`` falls below ``thr``: ``thr`` enters the loss only
+    through the refill times.
+
+    >>> import kinabs, sympy, numpy as np, pandas as pd
+    >>> from kinabs._fit.spec import FitSpec
+    >>> b = kinabs.ModelBuilder("refill")
+    >>> b.species("A", initial_concentration=1.0)
+    A
+    >>> b.parameter("k", 0.7), b.parameter("thr", 0.4)
+    (k, thr)
+    >>> b.reaction("r", "A ->", rate="k*A")
+    r
+    >>> model = b.build()
+    >>> A, thr = sympy.symbols("A thr")
+    >>> model.events["refill"] = kinabs.Event("refill", trigger=A < thr,
+    ...                                       assignments=(("A", A + 0.8),))
+    >>> times = np.linspace(0, 4, 9)
+    >>> data = kinabs.TrainingData.coerce(pd.DataFrame(
+    ...     {"A": np.exp(-0.6 * times)}, index=pd.Index(times, name="time")))
+    >>> spec = FitSpec(model=model, data=data, parameters=("k", "thr"), backend="torch",
+    ...                optim_space="linear")
+    >>> loss, status, grad = spec.program().value_and_grad(np.array([[0.7, 0.4]]))
+    >>> status.tolist(), bool(abs(grad[0, 1]) > 0.1)
+    ([0], True)
 """
 
 from __future__ import annotations
