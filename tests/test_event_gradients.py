@@ -166,3 +166,37 @@ def test_bfgs_trains_a_model_with_events_and_other_optimisers_are_refused():
     assert result.loss_history[0, -1] < result.loss_history[0, 0]
     with pytest.raises(kinabs.UnsupportedFeatureError, match="'late'.*event"):
         trainer.optimizer = kinabs.get_backend("torch").adam(1e-2)
+
+
+def _bertozzi():
+    from tests._shared import SHARED
+
+    root = SHARED / "data/jaxkineticmodel"
+    model, data = root / "models/Bertozzi2020.xml", root / "datasets/Bertozzi2020.csv"
+    if not (model.is_file() and data.is_file()):
+        pytest.skip("shared models not found")
+    frame = pd.read_csv(data, index_col=0)
+    frame.index.name = "time"
+    return kinabs.load_sbml(model), frame
+
+
+@pytest.mark.slow
+def test_bertozzi2020_agrees_across_backends_and_fits_with_its_lockdown_events():
+    # as shipped the lockdown is off (Trigger_Lockdown = 0: no event fires); on, Ro halves
+    # from Lockdown_CA_start to Lockdown_CA_end, whose event times the fit moves
+    model, frame = _bertozzi()
+    times = frame.index.to_numpy()
+    lockdown = model.with_parameters({"Trigger_Lockdown": 1.0})
+    for m in (model, lockdown):
+        a = kinabs.simulate(m, times, backend="torch")
+        b = kinabs.simulate(m, times, backend="jax")
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-10)
+    data = pd.DataFrame(a.values[0], columns=list(a.columns), index=frame.index)
+    names = ["gamma_CA", "Lockdown_CA_start", "Lockdown_CA_end"]
+    trainer = kinabs.Trainer(lockdown, data, n_iter=20, backend="torch", parameters=names,
+                             progress=False)
+    trainer.parameter_sets = pd.DataFrame([[0.15, 30.0, 60.0]], columns=names)
+    result = trainer.train()
+    assert result.loss_history[0, 0] > 1e-3 and np.nanmin(result.loss_history[0]) < 1e-15
+    np.testing.assert_allclose(result.parameters.loc[0, names], [0.14, 27.0, 66.0],
+                               rtol=1e-5)
