@@ -67,9 +67,16 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 @pytest.fixture(scope="session", autouse=True)
 def _jax_cache(tmp_path_factory):
-    """Compiled and traced programs go to a per-session folder, never to ~/.cache (for the
-    doctests that train as for the tests)."""
+    """Compiled and traced programs go to a per-run folder, never to ~/.cache (for the
+    doctests that train as for the tests). The xdist workers of one run share it (their
+    base folders are siblings), so a program one worker compiled is loaded by the other:
+    the cache writes its entries by atomic rename and reads a vanished one as a miss."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / "kinabs_jax_cache"
+    folder.mkdir(mode=0o700, exist_ok=True)
     mp = pytest.MonkeyPatch()
-    mp.setenv("KINABS_JAX_CACHE", str(tmp_path_factory.mktemp("kinabs_jax_cache")))
+    mp.setenv("KINABS_JAX_CACHE", str(folder))
     yield
     mp.undo()

@@ -82,15 +82,17 @@ def test_symbolic_jacobian_gives_the_same_solution_as_jacfwd(model):
     np.testing.assert_allclose(ys["symbolic"], ys["jacfwd"], rtol=1e-12, atol=1e-15)
 
 
-def test_gradient_through_the_stiff_solver_matches_finite_differences(model):
+def test_gradient_through_the_stiff_solver_matches_finite_differences():
     """d(sum of outputs)/d(parameters) through Rodas5 by reverse mode (checkpointed
     backpropagation through the steps and the symbolic Jacobian) against central
-    differences of tightly solved values."""
+    differences of tightly solved values, on Robertson's stiff problem (rate constants
+    4e-2, 3e7 and 1e4: ten decades of stiffness, and a three-state program that compiles
+    in seconds)."""
     from kinabs.backends.jax._simulate import lowered, solve_one
 
-    system = kinabs.lower(model)
+    system = kinabs.lower(robertson_model())
     opts = kinabs.SolverOptions(method="stiff", rtol=1e-12, atol=1e-14)
-    ts = jnp.linspace(0.0, 10.0, 5)
+    ts = jnp.asarray([0.0, 0.4, 4.0, 40.0])
     with jax.enable_x64(True):
         fns = lowered(system)
 
@@ -98,15 +100,16 @@ def test_gradient_through_the_stiff_solver_matches_finite_differences(model):
             y0, k = fns.init(0.0, p)
             ys, _, _ = solve_one(fns, Rosenbrock(), opts, ts, jnp.float64(0.0), y0, k,
                                  max_steps=100_000, system=system)
-            return jnp.sum(ys)
+            return jnp.sum(ys * jnp.asarray([1.0, 1e4, 1.0]))
 
         p0 = jnp.asarray(system.parameter_defaults)
         grad = np.asarray(jax.jit(jax.grad(loss))(p0))
         value = jax.jit(loss)
-        for i in (0, 4, 7):  # one kcat per reaction
+        for i, name in enumerate(system.parameters):
             h = 1e-6 * float(p0[i])
             fd = (float(value(p0.at[i].add(h))) - float(value(p0.at[i].add(-h)))) / (2 * h)
-            assert grad[i] == pytest.approx(fd, rel=1e-5, abs=1e-10), system.parameters[i]
+            assert grad[i] == pytest.approx(fd, rel=1e-5, abs=1e-10), name
+            assert abs(grad[i]) > 1e-12, name  # every rate constant moves the outputs
 
 
 @pytest.mark.parametrize("method", ["auto", "stiff"])
@@ -116,7 +119,7 @@ def test_sequential_and_vmapped_batches_agree(model, method):
     rounding."""
     system = kinabs.lower(model)
     rng = np.random.default_rng(0)
-    sets = system.parameter_defaults[None] * 10 ** rng.uniform(-0.5, 0.5, (6, len(
+    sets = system.parameter_defaults[None] * 10 ** rng.uniform(-0.5, 0.5, (3, len(
         system.parameters)))
     ts = np.linspace(0.0, 10.0, 5)
     out = {}
