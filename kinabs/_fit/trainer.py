@@ -411,11 +411,11 @@ class Trainer:
         Example:
             >>> import kinabs, tempfile
             >>> t = kinabs.Trainer(model=kinabs.load_sbml(kinabs.example_model_path()),
-            ...                    data=kinabs.example_data_path(), n_iter=3, progress=False)
-            >>> _ = t.latinhypercube_sampling({}, lower_bound=0.5, upper_bound=2, N=3, seed=0)
+            ...                    data=kinabs.example_data_path(), n_iter=2, progress=False)
+            >>> _ = t.latinhypercube_sampling({}, lower_bound=0.5, upper_bound=2, N=4, seed=0)
             >>> r = t.train(chunk_size=2, run_dir=tempfile.mkdtemp())
             >>> r.loss_history.shape, r.meta["n_chunks"]
-            ((3, 3), 2)
+            ((4, 2), 2)
         """
         if resume is not None:
             start = resume.parameters[self.parameters].to_numpy()
