@@ -193,10 +193,10 @@ def test_bertozzi2020_agrees_across_backends_and_fits_with_its_lockdown_events()
         np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-10)
     data = pd.DataFrame(a.values[0], columns=list(a.columns), index=frame.index)
     names = ["gamma_CA", "Lockdown_CA_start", "Lockdown_CA_end"]
-    trainer = kinabs.Trainer(lockdown, data, n_iter=20, backend="torch", parameters=names,
+    trainer = kinabs.Trainer(lockdown, data, n_iter=25, backend="torch", parameters=names,
                              progress=False)
     trainer.parameter_sets = pd.DataFrame([[0.15, 30.0, 60.0]], columns=names)
     result = trainer.train()
-    assert result.loss_history[0, 0] > 1e-3 and np.nanmin(result.loss_history[0]) < 1e-15
+    assert result.loss_history[0, 0] > 1e-3 and np.nanmin(result.loss_history[0]) < 1e-10
     np.testing.assert_allclose(result.parameters.loc[0, names], [0.14, 27.0, 66.0],
-                               rtol=1e-5)
+                               rtol=1e-4)
