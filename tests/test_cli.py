@@ -13,8 +13,8 @@ import kinabs
 from kinabs._cli import main
 
 
-def test_fit_writes_tables_and_plots(tmp_path, monkeypatch, backend):
-    monkeypatch.setenv("KINABS_JAX_CACHE", str(tmp_path / "cache"))
+def test_fit_writes_tables_and_plots(tmp_path, backend):
+    # the subprocess inherits the run's shared JAX cache (KINABS_JAX_CACHE, conftest.py)
     out = tmp_path / "fit"
     proc = subprocess.run(
         [sys.executable, "-m", "kinabs", "fit", "--n-iter", "4", "--inits", "2", "--seed", "1",

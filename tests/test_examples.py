@@ -7,8 +7,8 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_training_models_example_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("KINABS_JAX_CACHE", str(tmp_path / "cache"))
+def test_training_models_example_runs(tmp_path):
+    # the subprocess inherits the run's shared JAX cache (KINABS_JAX_CACHE, conftest.py)
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "training_models.py"), "--quick", "--out",
          str(tmp_path)], capture_output=True, text=True, timeout=900)
