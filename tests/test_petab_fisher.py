@@ -139,3 +139,29 @@ def test_failures_are_rejected_steps_or_a_failed_start():
     assert dead.status == "failed" and dead.f == math.inf and dead.evaluations == 1
     with pytest.raises(kinabs.DataError, match="FisherLM.gatol"):
         FisherLM(gatol=-1.0)
+
+
+#: the problems of issue 15 (multi-start fits against pyPESTO + AMICI + Fides)
+FIT_PROBLEMS = ["Boehm_JProteomeRes2014", "Bruno_JExpBot2016", "Crauste_CellSystems2017",
+                "Fiedler_BMCSystBiol2016", "Fujita_SciSignal2010", "Sneyd_PNAS2002",
+                "Brannmark_JBC2010"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIT_PROBLEMS)
+def test_the_fits_program_matches_amici_at_the_nominal_values(name):
+    """The program ``fit`` runs (one start, conditions one after another, the fit's
+    solver): the AMICI reference llh, and a FIM that is symmetric positive
+    semi-definite."""
+    from kinabs.petab._multistart import FIT_SOLVER
+    from tests.test_petab_benchmarks import AMICI_LLH, COLLECTION
+
+    folder = COLLECTION / name
+    if not folder.is_dir():
+        pytest.skip(f"no benchmark collection at {COLLECTION}")
+    problem = kp.load(folder / f"{name}.yaml")
+    llh, grad, fim = problem.objective(solver=FIT_SOLVER).value_grad_fim(problem.x_nominal())
+    assert np.isclose(llh, AMICI_LLH[name], rtol=1e-3, atol=1e-3), (llh, AMICI_LLH[name])
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(fim, fim.T, rtol=1e-10, atol=1e-12 * np.abs(fim).max())
+    assert np.linalg.eigvalsh(fim).min() >= -1e-8 * np.abs(fim).max()

@@ -218,6 +218,11 @@ BFGS_METHOD = BFGS(gtol=1e-16)
 #: (see :mod:`kinabs.petab._fisher`): on Boehm, 20 starts took 3 s each against 34 s
 #: with BFGS on the vmapped batch.
 DEFAULT_METHOD = FisherLM()
+#: The objective's solver unless one is given: Rodas5 with AMICI's default step budget
+#: (10 000, not 100 000): far from the data a solve that cannot finish is a rejected
+#: step, and on Crauste each of those took 20-30 s with 100 000 steps, 2.5-2.9 s with
+#: 10 000, where the successful solves take 5-150 ms.
+FIT_SOLVER = SolverOptions(method="stiff", max_steps=10_000)
 
 
 def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int = 200,
@@ -230,7 +235,7 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
     starts in one batched call per iteration) for at most ``max_iterations`` objective evaluations per start.
 
     ``solver``: :class:`kinabs.SolverOptions` of the objective (see
-    :meth:`PetabProblem.objective`); ``resample``: times a start whose first evaluation
+    :meth:`PetabProblem.objective`; default :data:`FIT_SOLVER`); ``resample``: times a start whose first evaluation
     fails is drawn again.
     """
     from scipy.stats import qmc
@@ -249,7 +254,7 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
     if n_free == 0:
         raise DataError("the parameter table estimates no parameter (estimate = 1 nowhere); "
                         "there is nothing to fit.")
-    objective = problem.objective(backend=backend, solver=solver)
+    objective = problem.objective(backend=backend, solver=solver or FIT_SOLVER)
     rng = np.random.default_rng(seed)
     sampler = qmc.LatinHypercube(d=n_free, seed=rng)
     x0 = qmc.scale(sampler.random(n_starts), lower, upper)
