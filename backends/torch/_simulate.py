@@ -13,7 +13,9 @@ Dormand-Prince runs instead (``_solvers.dopri5``), each member its own steps and
 A Rosenbrock solve whose gradient is wanted takes it by a discrete adjoint
 (``_solvers.adjoint``) for autonomous systems with step functions, else by redoing each
 accepted step with autograd (``_solvers.checkpoint``); an explicit solve, by autograd
-through torchdiffeq or by its backsolve adjoint.
+through torchdiffeq or by its backsolve adjoint. Rosenbrock solves on the CPU in float64
+of autonomous systems with step functions, plain or with the discrete adjoint, run in
+numpy (``_solvers.host``) unless a forward-mode tangent rides on them.
 
 Example:
     >>> import torch, kinabs
@@ -50,6 +52,9 @@ from kinabs.backends.torch._solvers import (
     adjoint_rosenbrock_solve,
     checkpointed_rosenbrock_solve,
     explicit_solve,
+    host_adjoint_solve,
+    host_ready,
+    host_rosenbrock_solve,
     per_member,
     rosenbrock_solve,
 )
@@ -179,6 +184,16 @@ def solve(low: Lowered, times: torch.Tensor, t0: float, y0: torch.Tensor, k: tor
 
     def stiff(y0, k, tableau, max_steps):
         adj = _discrete_adjoint(low, y0, k)
+        host = host_ready(low.step, y0, k)
+        if host is not None and (adj is not None or not _wants_gradient(y0, k)):
+            # small CPU solves in numpy (_solvers.host): the same steps, cheaper operations
+            if adj is None:
+                return host_rosenbrock_solve(host, low.step, times, t0, y0, k,
+                                             tableau=tableau, max_steps=max_steps,
+                                             breaks=breaks, **common)
+            if host.adjoint:
+                return host_adjoint_solve(host, low.step, times, t0, y0, k, tableau=tableau,
+                                          max_steps=max_steps, breaks=breaks, **common)
         if adj is not None:
             return adjoint_rosenbrock_solve(low.step, adj, times, t0, y0, k, tableau=tableau,
                                             max_steps=max_steps, breaks=breaks, **common)

@@ -74,10 +74,12 @@ from kinabs.backends.torch._methods import (
     reset_state,
 )
 from kinabs.backends.torch._simulate import solve, torch_solver, uses_backsolve
-from kinabs.backends.torch._solvers import TorchDiffEq
+from kinabs.backends.torch._solvers import Rosenbrock, TorchDiffEq
+from kinabs.backends.torch._solvers import host as host_module
+from kinabs.backends.torch._solvers.host import host_functions
 
 __all__ = ["TorchTrainingProgram", "AdaBelief", "ClipUpdates", "default_optimizer",
-           "check_optimizer", "make_optimizer", "CHUNK"]
+           "check_optimizer", "make_optimizer", "CHUNK", "FORWARD_MIN_STARTS"]
 
 #: With ``jacobian="auto"``, forward-mode Jacobians from this many live starts on (fewer:
 #: reverse mode, see ``_jacobian``).
@@ -256,6 +258,9 @@ class TorchTrainingProgram(TrainingProgram):
         # unsupported adjoints fail here, not mid-fit
         uses_backsolve(pb.adjoint, isinstance(method, TorchDiffEq))
         self._low = lowered(pb.system, _DEVICE, _DTYPE)
+        #: whether this fit's Rosenbrock solves with a discrete adjoint run in numpy
+        #: (``_solvers.host``; found at the first Jacobian, see :meth:`_host_solves`)
+        self._host: bool | None = None
 
         def tensor(a, dtype=_DTYPE):
             # a copy: the problem's arrays may be read-only views (of a DataFrame's
@@ -490,15 +495,30 @@ class TorchTrainingProgram(TrainingProgram):
             # "auto": eager torch pays per operation, so few starts take the cheaper
             # reverse pass (measured on serine, 10 parameters and 20 residuals: 5 starts
             # 0.072 s reverse against 0.13 s forward, 20 starts 0.16 s both, 100 starts
-            # 0.93 s against 0.28 s)
-            forward = self._forward_jacobian and (self.method.jacobian == "forward"
-                                                  or theta.shape[0] >= FORWARD_MIN_STARTS)
+            # 0.93 s against 0.28 s). Where reverse mode's solves run in numpy (host;
+            # forward mode's dual tensors cannot), reverse mode is the cheaper one at
+            # every batch measured (5 to 250 starts, see _jacobian): "auto" takes it
+            host = self._host_solves() and host_module.ENABLED
+            forward = self._forward_jacobian and (
+                self.method.jacobian == "forward"
+                or (not host and theta.shape[0] >= FORWARD_MIN_STARTS))
             if forward:
                 return forward_jacobian(self._default_residuals, theta)
             return reverse_jacobian(self._default_residuals, theta, self._n_residuals)
         if self._forward_jacobian:
             return forward_jacobian_rows(self._custom_residuals_one, theta)
         return reverse_jacobian_rows(self._custom_residuals_one, theta)
+
+    def _host_solves(self) -> bool:
+        """Whether this fit's Rosenbrock solves with a discrete adjoint run in numpy
+        (``_solvers.host``) when no forward-mode tangent rides on them."""
+        if self._host is None:
+            step = self._low.step
+            fns = host_functions(step) if step is not None and step.dfdt is None else None
+            self._host = bool(fns is not None and fns.adjoint and _DEVICE.type == "cpu"
+                              and _DTYPE == torch.float64
+                              and isinstance(self.solver.method, Rosenbrock))
+        return self._host
 
     def _evaluate(self, trial: torch.Tensor):
         """What the method needs at ``trial`` (B, R): (value, derivative, status, ok)."""

@@ -7,6 +7,8 @@
 * ``stepfns``: the right-hand side and Jacobian generated with fewer torch operations,
   and the derivatives a discrete adjoint needs;
 * ``adjoint``: a Rosenbrock solve's gradient by a discrete adjoint (with ``stepfns``);
+* ``host``: small CPU solves of autonomous systems (plain, or with the discrete adjoint)
+  in numpy, whose operations cost a fraction of eager torch's;
 * ``checkpoint``: a Rosenbrock solve's gradient by redoing each accepted step.
 
 Which of them a solve uses is decided in ``kinabs.backends.torch._simulate``.
@@ -15,6 +17,11 @@ Which of them a solve uses is decided in ``kinabs.backends.torch._simulate``.
 from kinabs.backends.torch._solvers.adjoint import adjoint_rosenbrock_solve
 from kinabs.backends.torch._solvers.checkpoint import checkpointed_rosenbrock_solve
 from kinabs.backends.torch._solvers.explicit import TorchDiffEq, explicit_solve, per_member
+from kinabs.backends.torch._solvers.host import (
+    host_adjoint_solve,
+    host_ready,
+    host_rosenbrock_solve,
+)
 from kinabs.backends.torch._solvers.rosenbrock import Rosenbrock, rosenbrock_solve
 from kinabs.backends.torch._solvers.stepfns import adjoint_functions, step_functions
 from kinabs.backends.torch._solvers.tableaus import RODAS4, RODAS5, RosenbrockTableau
@@ -22,5 +29,6 @@ from kinabs.backends.torch._solvers.tableaus import RODAS4, RODAS5, RosenbrockTa
 __all__ = [
     "RODAS4", "RODAS5", "Rosenbrock", "RosenbrockTableau", "TorchDiffEq",
     "adjoint_functions", "adjoint_rosenbrock_solve", "checkpointed_rosenbrock_solve",
-    "explicit_solve", "per_member", "rosenbrock_solve", "step_functions",
+    "explicit_solve", "host_adjoint_solve", "host_ready", "host_rosenbrock_solve",
+    "per_member", "rosenbrock_solve", "step_functions",
 ]

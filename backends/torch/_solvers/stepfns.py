@@ -82,11 +82,17 @@ class _StepPrinter(Printer):
                 return "(" + text + "".join(f" - {self.p(-a)}" for a in neg) + ")"
         return super().p(e)
 
+    #: whether sums of products print as ``ops.addcmul`` (torch); numpy (``host``) has no
+    #: fused call, and a Python function per product costs more than the two operations
+    fuse = True
+
     def _fused_add(self, e: sympy.Add) -> str | None:
         """``a + b*c + d*e`` as ``addcmul(addcmul(a, b, c), d, e)``: one torch call per
         product term instead of two. Only products of two or more factors without a
         number coefficient or a denominator are fused, onto a sum that prints as a tensor
         (never a Python number); ``None`` where nothing is fused."""
+        if not self.fuse:
+            return None
         products = [a for a in e.args if _fusable(a)]
         if not products:
             return None
@@ -265,9 +271,10 @@ _ARRAYS = {"y": "y", "p": "q"}
 _HEAD = [f"{_IND}y = ops.columns(y)"]
 
 
-def _source(h: _Hoisted) -> tuple[str, np.ndarray | None]:
+def _source(h: _Hoisted, printer: type[_StepPrinter] | None = None
+            ) -> tuple[str, np.ndarray | None]:
     n, keys = h.n, h.keys
-    pr = _StepPrinter()
+    pr = (printer or _StepPrinter)()
     ind = _IND
     body = ["    def prep(k):", f"{ind}k = ops.columns(k)"]
     lines, outs = cse_block(pr, h.consts, ind, {"k": "k"})
@@ -310,13 +317,13 @@ def _source(h: _Hoisted) -> tuple[str, np.ndarray | None]:
     return source, gather
 
 
-def _adjoint_source(h: _Hoisted) -> str:
+def _adjoint_source(h: _Hoisted, printer: type[_StepPrinter] | None = None) -> str:
     """Three functions ``name(t, y, q, w)``: ``sum_a w_a e_a(y, q)`` differentiated by the
     state (``*_y``: (B, S)) or by the hoisted constants (``*_q``: (B, H)), with ``e`` the
     right-hand side (``f_vjp_*``) or the Jacobian's nonzero entries in ``keys`` order
     (``jac_vjp_*``). Entries that are zero are not computed (a gather fills them)."""
     n, n_q = h.n, len(h.consts)
-    pr = _StepPrinter()
+    pr = (printer or _StepPrinter)()
     ind = _IND
     body = []
     names = []
