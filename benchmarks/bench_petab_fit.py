@@ -187,6 +187,9 @@ def merge(paths: list[Path]) -> list[dict]:
             continue
         for row in data:
             name = row["problem"]
+            if not any(row.get(side) and "error" not in row[side]
+                       for side in ("kinabs", "pypesto")):
+                continue  # nothing to take from it
             m = merged.setdefault(name, {k: v for k, v in row.items()
                                          if k not in ("kinabs", "pypesto")})
             for key in ("starts", "seed", "max_iterations"):

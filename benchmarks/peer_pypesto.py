@@ -145,12 +145,17 @@ def main(argv=None) -> dict:
     model = creator.create_model(force_compile=must, verbose=False)
     try:
         objective = creator.create_objective(model=model)
-    except ValueError:  # a cached model of other observables (flattened or not): rebuild
+    except ValueError:  # a cached model of other observables (flattened or not)
         if must:
             raise
-        must = True
-        model = creator.create_model(force_compile=True, verbose=False)
-        objective = creator.create_objective(model=model)
+        # rebuild it in a fresh process: this one has imported the old module, and AMICI
+        # refuses to import a module modified since
+        import shutil
+
+        print(f"cached model in {folder} does not fit the problem: rebuilding it",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(folder)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     out["build_s"] = round(time.perf_counter() - t1, 2)
     out["build_cached"] = not must
     problem = importer.create_problem(objective)
