@@ -11,14 +11,7 @@ pytest.importorskip("petab.v1")
 pytest.importorskip("diffrax")
 import kinabs  # noqa: E402
 import kinabs.petab as kp  # noqa: E402
-from kinabs.petab import _multistart  # noqa: E402
-from kinabs.petab._multistart import scaled_bounds  # noqa: E402
-
-# the hook lands with kinabs/petab/_multistart.py's next commit; skip until it is there
-if not hasattr(_multistart, "latin_hypercube"):
-    pytest.skip("kinabs.petab._multistart.latin_hypercube not there yet",
-                allow_module_level=True)
-latin_hypercube = _multistart.latin_hypercube
+from kinabs.petab._multistart import latin_hypercube, scaled_bounds  # noqa: E402
 
 CASE = SHARED / "petab" / "test-suite" / "v1.0.0" / "sbml" / "0001"
 pytestmark = pytest.mark.skipif(not CASE.is_dir(), reason=f"no PEtab test suite at {CASE}")
@@ -55,3 +48,12 @@ def test_fit_runs_from_the_given_starts(problem):
 def test_starts_of_the_wrong_width_are_refused(problem):
     with pytest.raises(kinabs.DataError, match="starts must have shape"):
         kp.fit(problem, starts=np.zeros((3, 2)), max_iterations=2, progress=False)
+
+
+@pytest.mark.parametrize("bad", [np.nan, 1e9])
+def test_starts_outside_the_bounds_are_refused_naming_the_parameter(problem, bad):
+    starts = latin_hypercube(problem, 2, seed=0)
+    starts[1, 0] = bad
+    with pytest.raises(kinabs.DataError, match=f"start 1 has {problem.x_free_ids[0]} = .* "
+                       "outside the parameter table's bounds"):
+        kp.fit(problem, starts=starts, max_iterations=2, progress=False)

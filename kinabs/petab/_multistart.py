@@ -37,7 +37,7 @@ from kinabs.petab._fisher import FisherLM, fit_starts
 from kinabs.petab._priors import scale_values, unscale_values
 from kinabs.petab._problem import load
 
-__all__ = ["PetabFitResult", "fit", "scaled_bounds"]
+__all__ = ["PetabFitResult", "fit", "latin_hypercube", "scaled_bounds"]
 
 
 def scaled_bounds(problem: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +208,17 @@ def plot_fit(problem: Any, parameters: Any, path: str | Path | None = None, *,
     return fig
 
 
+def latin_hypercube(problem: Any, n_starts: int, seed: int = 0) -> np.ndarray:
+    """The (n_starts, F) Latin hypercube starts that :func:`fit` draws first for ``seed``
+    (within the parameter table's bounds, on the parameters' scales, ``x_free_ids``
+    order); redraws of failing starts come after these from the same sampler."""
+    from scipy.stats import qmc
+
+    lower, upper = scaled_bounds(problem)
+    sampler = qmc.LatinHypercube(d=lower.size, seed=np.random.default_rng(seed))
+    return qmc.scale(sampler.random(n_starts), lower, upper)
+
+
 #: BFGS for a negative log-likelihood. Its gradient test is relative to |f|, made for sums
 #: of squares that fall to 0; a start far from the data has a huge nllh (1e11 on Boehm) on
 #: a plateau, where 1e-10 |f| passed gradients of 20 as converged after one evaluation.
@@ -227,7 +238,7 @@ FIT_SOLVER = SolverOptions(method="stiff", max_steps=10_000)
 
 def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int = 200,
         method: FisherLM | BFGS | None = None, backend: str | None = "jax", solver: Any = None,
-        resample: int = 10, progress: bool = True) -> PetabFitResult:
+        resample: int = 10, progress: bool = True, starts: Any = None) -> PetabFitResult:
     """Fit ``problem`` from ``n_starts`` Latin hypercube starts (``seed``) within the
     parameter table's bounds on each parameter's scale, with ``method``
     (default :data:`DEFAULT_METHOD`, a :class:`kinabs.petab.FisherLM`: Levenberg-Marquardt
@@ -236,10 +247,15 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
 
     ``solver``: :class:`kinabs.SolverOptions` of the objective (see
     :meth:`PetabProblem.objective`; default :data:`FIT_SOLVER`); ``resample``: times a start whose first evaluation
-    fails is drawn again.
+    fails is drawn again. ``starts``: explicit first points instead, (N, F) on the
+    parameters' scales in ``x_free_ids`` order (``n_starts`` and ``seed`` are then unused,
+    and a failing start is reported, not redrawn), e.g. to run another tool from the same
+    points; :func:`latin_hypercube` draws the ones ``fit`` would.
     """
     from scipy.stats import qmc
 
+    if starts is not None:
+        n_starts, resample = len(np.atleast_2d(starts)), 0
     if not (isinstance(n_starts, int) and n_starts >= 1):
         raise DataError(f"n_starts must be a positive integer; got {n_starts!r}.")
     if not (isinstance(max_iterations, int) and max_iterations >= 1):
@@ -255,9 +271,21 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
         raise DataError("the parameter table estimates no parameter (estimate = 1 nowhere); "
                         "there is nothing to fit.")
     objective = problem.objective(backend=backend, solver=solver or FIT_SOLVER)
-    rng = np.random.default_rng(seed)
-    sampler = qmc.LatinHypercube(d=n_free, seed=rng)
-    x0 = qmc.scale(sampler.random(n_starts), lower, upper)
+    sampler = qmc.LatinHypercube(d=n_free, seed=np.random.default_rng(seed))
+    if starts is None:
+        x0 = qmc.scale(sampler.random(n_starts), lower, upper)
+    else:
+        x0 = np.array(np.atleast_2d(starts), dtype=np.float64)
+        if x0.shape != (n_starts, n_free):
+            raise DataError(f"starts must have shape (N, {n_free}) (x_free_ids on their "
+                            f"scales); got {np.shape(starts)}.")
+        outside = ~np.isfinite(x0) | (x0 < lower) | (x0 > upper)
+        if outside.any():
+            i, j = map(int, np.argwhere(outside)[0])
+            raise DataError(
+                f"start {i} has {problem.x_free_ids[j]} = {x0[i, j]!r} on its scale, "
+                f"outside the parameter table's bounds [{lower[j]:g}, {upper[j]:g}]; give "
+                "finite starts within the bounds (kinabs.petab.latin_hypercube draws them).")
 
     t_start = time.perf_counter()
     if isinstance(method, FisherLM):
