@@ -76,7 +76,7 @@ from kinabs.backends.torch._methods import (
 from kinabs.backends.torch._simulate import solve, torch_solver, uses_backsolve
 from kinabs.backends.torch._solvers import Rosenbrock, TorchDiffEq
 from kinabs.backends.torch._solvers import host as host_module
-from kinabs.backends.torch._solvers.host import host_functions
+from kinabs.backends.torch._solvers.host import host_ready
 
 __all__ = ["TorchTrainingProgram", "AdaBelief", "ClipUpdates", "default_optimizer",
            "check_optimizer", "make_optimizer", "CHUNK", "FORWARD_MIN_STARTS"]
@@ -513,8 +513,9 @@ class TorchTrainingProgram(TrainingProgram):
         """Whether this fit's Rosenbrock solves with a discrete adjoint run in numpy
         (``_solvers.host``) when no forward-mode tangent rides on them."""
         if self._host is None:
-            step = self._low.step
-            fns = host_functions(step) if step is not None and step.dfdt is None else None
+            # host_ready's test on the system (its tensors' side: this fit's device and
+            # dtype, the same for every tensor it solves)
+            fns = host_ready(self._low.step)
             self._host = bool(fns is not None and fns.adjoint and _DEVICE.type == "cpu"
                               and _DTYPE == torch.float64
                               and isinstance(self.solver.method, Rosenbrock))

@@ -212,11 +212,16 @@ def latin_hypercube(problem: Any, n_starts: int, seed: int = 0) -> np.ndarray:
     """The (n_starts, F) Latin hypercube starts that :func:`fit` draws first for ``seed``
     (within the parameter table's bounds, on the parameters' scales, ``x_free_ids``
     order); redraws of failing starts come after these from the same sampler."""
+    return _sampler(*scaled_bounds(problem), seed)(n_starts)
+
+
+def _sampler(lower: np.ndarray, upper: np.ndarray, seed: int):
+    """``draw(n)``: the next ``n`` points of the seeded Latin hypercube within the bounds
+    (:func:`latin_hypercube` and :func:`fit` draw from this one sampler)."""
     from scipy.stats import qmc
 
-    lower, upper = scaled_bounds(problem)
     sampler = qmc.LatinHypercube(d=lower.size, seed=np.random.default_rng(seed))
-    return qmc.scale(sampler.random(n_starts), lower, upper)
+    return lambda n: qmc.scale(sampler.random(n), lower, upper)
 
 
 #: BFGS for a negative log-likelihood. Its gradient test is relative to |f|, made for sums
@@ -252,8 +257,6 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
     and a failing start is reported, not redrawn), e.g. to run another tool from the same
     points; :func:`latin_hypercube` draws the ones ``fit`` would.
     """
-    from scipy.stats import qmc
-
     if starts is not None:
         n_starts, resample = len(np.atleast_2d(starts)), 0
     if not (isinstance(n_starts, int) and n_starts >= 1):
@@ -271,9 +274,9 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
         raise DataError("the parameter table estimates no parameter (estimate = 1 nowhere); "
                         "there is nothing to fit.")
     objective = problem.objective(backend=backend, solver=solver or FIT_SOLVER)
-    sampler = qmc.LatinHypercube(d=n_free, seed=np.random.default_rng(seed))
+    draw = _sampler(lower, upper, seed)
     if starts is None:
-        x0 = qmc.scale(sampler.random(n_starts), lower, upper)
+        x0 = draw(n_starts)
     else:
         x0 = np.array(np.atleast_2d(starts), dtype=np.float64)
         if x0.shape != (n_starts, n_free):
@@ -291,8 +294,7 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
     if isinstance(method, FisherLM):
         bar = _progress(progress, n_starts + 1, n_starts, "FisherLM", "start")
         try:
-            out = fit_starts(objective, x0, lambda: qmc.scale(sampler.random(1), lower,
-                                                              upper)[0],
+            out = fit_starts(objective, x0, lambda: draw(1)[0],
                              lower, upper, method, max_evaluations=max_iterations,
                              resample=resample, bar=bar)
         finally:
@@ -321,7 +323,7 @@ def fit(problem: Any, n_starts: int = 100, *, seed: int = 0, max_iterations: int
         if ok.all():
             break
         bad = np.flatnonzero(~ok)
-        x0[bad] = qmc.scale(sampler.random(bad.size), lower, upper)
+        x0[bad] = draw(bad.size)
         f_new, g_new, ok_new = nllh_and_grad(x0)
         f[bad], g[bad], ok[bad] = f_new[bad], g_new[bad], ok_new[bad]
     first_reason = _reasons(objective, ok)
