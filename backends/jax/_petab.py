@@ -50,6 +50,7 @@ from kinabs.backends.jax._simulate import (
     lowered,
     make_adjoint,
     make_solver,
+    over_members,
     solve_one,
     step_controller,
 )
@@ -211,7 +212,7 @@ class CompiledObjective:
         # the one-start program with Fisher information compiled in 44 s against 68 s
         # vmapped and took 0.86 s against 1.28 s over 11 points (each condition's solve
         # takes its own steps, not the slowest condition's)
-        self._seq = self.solver.batching != "vmap"
+        self._batching = "vmap" if self.solver.batching == "vmap" else "sequential"
         par = pb.parameters
         free = np.flatnonzero(par.estimate)
         self._nominal = np.where(np.isnan(par.nominal), 0.0, par.nominal)
@@ -362,6 +363,12 @@ class CompiledObjective:
         return y2, jnp.where(more, h, t1), status
 
     # -- the program ------------------------------------------------------------------
+    def _members(self, fn, *args):
+        """``fn`` over the leading axis of ``args``: one condition after another
+        (``lax.map``) or vmapped, as the solver's batching says; a single condition
+        unbatched (a vmapped diffrax solve costs seconds more to trace and compile)."""
+        return over_members(fn, self._batching, len(args))(*args)
+
     def llh_and_status(self, theta):
         """(llh, status (C,)) at ``theta`` (F,) on the parameter table's scale."""
         llh, status, _ = self._terms(theta)
@@ -384,7 +391,7 @@ class CompiledObjective:
             p_pre = self._p_matrix(self._pre, len(self._pre_ids), x)
             y_pre, k_pre, f_pre = self._init(p_pre)
             y0_pre = self._apply_states(self._pre, y_pre, f_pre, x)
-            y_ss, _, st_pre = _members(self._steady, y0_pre, k_pre, sequential=self._seq)
+            y_ss, _, st_pre = self._members(self._steady, y0_pre, k_pre)
             y_base = y_ss[self._pre_index]
             if not self._has_pre.all():
                 y_base = jnp.where(self._has_pre[:, None], y_base, y_model)
@@ -405,14 +412,13 @@ class CompiledObjective:
                                       system=self.problem.system)
                 return self._outputs(ts, ys, ki), st
 
-            values, st = _members(run, y0, k_sim, active, sequential=self._seq)
+            values, st = self._members(run, y0, k_sim, active)
             st = jnp.where(active, st, 0).astype(jnp.int32)
             status = jnp.where(status == 0, st, status)
         steady = None
         if self._inf_conditions.size and self._outputs is not None:
             sel = self._inf_conditions
-            y_inf, t_inf, st_inf = _members(self._steady, y0[sel], k_sim[sel],
-                                            sequential=self._seq)
+            y_inf, t_inf, st_inf = self._members(self._steady, y0[sel], k_sim[sel])
             steady = jax.vmap(self._outputs)(t_inf, y_inf, k_sim[sel])
             status = status.at[sel].set(
                 jnp.where(status[sel] == 0, st_inf.astype(jnp.int32), status[sel]))
@@ -456,19 +462,6 @@ class CompiledObjective:
                   np.concatenate(weights)) if hs else
                  (jnp.zeros(0), jnp.zeros(0), jnp.zeros(0), np.zeros(0)))
         return llh + jnp.where(ok, 0.0, jnp.nan), status, parts
-
-
-def _members(fn, *args, sequential: bool = False):
-    """``jax.vmap(fn)(*args)`` over the leading axis, or ``lax.map`` (``sequential``:
-    each member's solve takes its own steps, not the slowest member's); a single member
-    is called directly (a vmapped diffrax solve costs seconds more to trace and
-    compile)."""
-    if args[0].shape[0] == 1:
-        out = fn(*(a[0] for a in args))
-        return jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], out)
-    if sequential:
-        return jax.lax.map(lambda a: fn(*a), args)
-    return jax.vmap(fn)(*args)
 
 
 def make_objective(problem: Any, *, solver: SolverOptions | None = None,
